@@ -1,0 +1,1 @@
+"""Subcommands of the `phalanx` command, one module each."""
