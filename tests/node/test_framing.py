@@ -1,0 +1,87 @@
+"""Length-prefixed frames: the size limit, truncated streams and garbage payloads."""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from typing import Any
+
+import pytest
+
+from crypto.canonical import CanonicalJsonError
+from node.framing import FrameError, FrameTooLarge, decode_payload, encode_frame, read_frame
+
+
+def read_all(data: bytes, frame_max: int = 1024, frames: int = 1) -> list[dict[str, Any]]:
+    async def go() -> list[dict[str, Any]]:
+        reader = asyncio.StreamReader()
+        reader.feed_data(data)
+        reader.feed_eof()
+        return [await read_frame(reader, frame_max) for _ in range(frames)]
+
+    return asyncio.run(go())
+
+
+def test_round_trip_is_canonical_json() -> None:
+    frame = encode_frame({"b": 1, "a": [True, None, "x"]})
+    assert frame == struct.pack(">I", 27) + b'{"a":[true,null,"x"],"b":1}'
+    assert read_all(frame + encode_frame({"k": "v"}), frames=2) == [
+        {"a": [True, None, "x"], "b": 1},
+        {"k": "v"},
+    ]
+
+
+def test_encode_refuses_oversize_and_non_canonical_values() -> None:
+    with pytest.raises(FrameTooLarge):
+        encode_frame({"x": "a" * 100}, frame_max=50)
+    with pytest.raises(CanonicalJsonError):
+        encode_frame({"x": 1.5})
+    with pytest.raises(TypeError):
+        encode_frame([1, 2])  # type: ignore[arg-type]
+
+
+def test_length_over_the_limit_is_refused_before_reading_the_payload() -> None:
+    # Only the header is there: a reader that tried to buffer 2^31 bytes would hit EOF instead.
+    with pytest.raises(FrameTooLarge) as info:
+        read_all(struct.pack(">I", 2**31), frame_max=1024)
+    assert info.value.reason == "frame_too_large"
+
+
+def test_exactly_the_limit_is_accepted() -> None:
+    frame = encode_frame({"x": "a" * 10})
+    assert read_all(frame, frame_max=len(frame) - 4) == [{"x": "a" * 10}]
+    with pytest.raises(FrameTooLarge):
+        read_all(frame, frame_max=len(frame) - 5)
+
+
+def test_truncated_header_and_payload_end_the_stream() -> None:
+    frame = encode_frame({"k": "v"})
+    with pytest.raises(asyncio.IncompleteReadError):
+        read_all(frame[:2])
+    with pytest.raises(asyncio.IncompleteReadError) as info:
+        read_all(frame[:-1])
+    assert info.value.partial  # mid-frame, unlike a clean end between frames
+    with pytest.raises(asyncio.IncompleteReadError) as info:
+        read_all(b"")
+    assert info.value.partial == b""
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"\xff\xfe garbage",
+        b"not json",
+        b"[1,2,3]",
+        b'"a string"',
+        b'{"a":1.5}',
+        b'{"a":1,"a":2}',
+        b"NaN",
+        b"",
+    ],
+)
+def test_garbage_payloads_are_undecodable(payload: bytes) -> None:
+    with pytest.raises(FrameError) as info:
+        read_all(struct.pack(">I", len(payload)) + payload)
+    assert info.value.reason == "undecodable"
+    with pytest.raises(FrameError):
+        decode_payload(payload)
