@@ -1,0 +1,192 @@
+"""The v1 state machine (spec §3): keys with versions, balances, and the executed-tx index.
+
+The same code runs over any :class:`StateView`: the LMDB store gives one backed by its write
+transaction, :class:`DictState` keeps everything in memory (audit replay, model-based tests).
+Execution is deterministic: it depends only on the view's contents and the ordered batch.
+
+Each transaction runs against a :class:`_TxOverlay` that buffers its writes; they reach the view
+only if every op succeeds, which makes a transaction atomic (all or none) whatever the view.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from consensus.batch import Tx
+from ledger.transaction import (
+    MALFORMED,
+    CasOp,
+    DeleteOp,
+    SetOp,
+    TransferOp,
+    TxError,
+    ValidTx,
+    decode_for_execution,
+)
+
+CAS_MISMATCH = "cas_mismatch"
+INSUFFICIENT_FUNDS = "insufficient_funds"
+DUPLICATE = "duplicate"
+
+
+def ok_result() -> dict[str, Any]:
+    return {"ok": True, "error": None}
+
+
+def error_result(code: str) -> dict[str, Any]:
+    return {"ok": False, "error": code}
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """A key's value and version (the number of set/cas writes since it was last absent)."""
+
+    value: Any
+    version: int
+
+
+class StateView(Protocol):
+    """What the state machine reads and writes. Absent keys and zero balances are not stored."""
+
+    def get_entry(self, key: str) -> Entry | None: ...
+
+    def put_entry(self, key: str, entry: Entry) -> None: ...
+
+    def delete_entry(self, key: str) -> None: ...
+
+    def get_balance(self, pubkey: str) -> int: ...
+
+    def set_balance(self, pubkey: str, balance: int) -> None: ...
+
+    def tx_location(self, tx_id: str) -> tuple[int, int] | None: ...
+
+    def put_tx_location(self, tx_id: str, seq: int, index: int) -> None: ...
+
+
+class DictState:
+    """An in-memory :class:`StateView`, initialised from genesis accounts."""
+
+    def __init__(self, accounts: Mapping[str, int] | None = None) -> None:
+        self.entries: dict[str, Entry] = {}
+        self.balances: dict[str, int] = {k: v for k, v in (accounts or {}).items() if v}
+        self.locations: dict[str, tuple[int, int]] = {}
+
+    def get_entry(self, key: str) -> Entry | None:
+        return self.entries.get(key)
+
+    def put_entry(self, key: str, entry: Entry) -> None:
+        self.entries[key] = entry
+
+    def delete_entry(self, key: str) -> None:
+        self.entries.pop(key, None)
+
+    def get_balance(self, pubkey: str) -> int:
+        return self.balances.get(pubkey, 0)
+
+    def set_balance(self, pubkey: str, balance: int) -> None:
+        if balance:
+            self.balances[pubkey] = balance
+        else:
+            self.balances.pop(pubkey, None)
+
+    def tx_location(self, tx_id: str) -> tuple[int, int] | None:
+        return self.locations.get(tx_id)
+
+    def put_tx_location(self, tx_id: str, seq: int, index: int) -> None:
+        self.locations[tx_id] = (seq, index)
+
+    def items(self) -> Iterator[tuple[str, Entry]]:
+        return iter(sorted(self.entries.items(), key=lambda kv: kv[0].encode("utf-8")))
+
+
+class _TxOverlay:
+    """Buffers one transaction's writes over a view; :meth:`flush` applies them all."""
+
+    def __init__(self, base: StateView) -> None:
+        self._base = base
+        self._entries: dict[str, Entry | None] = {}  # None: deleted
+        self._balances: dict[str, int] = {}
+
+    def get_entry(self, key: str) -> Entry | None:
+        if key in self._entries:
+            return self._entries[key]
+        return self._base.get_entry(key)
+
+    def put_entry(self, key: str, entry: Entry) -> None:
+        self._entries[key] = entry
+
+    def delete_entry(self, key: str) -> None:
+        self._entries[key] = None
+
+    def get_balance(self, pubkey: str) -> int:
+        if pubkey in self._balances:
+            return self._balances[pubkey]
+        return self._base.get_balance(pubkey)
+
+    def set_balance(self, pubkey: str, balance: int) -> None:
+        self._balances[pubkey] = balance
+
+    def flush(self) -> None:
+        for key, entry in self._entries.items():
+            if entry is None:
+                self._base.delete_entry(key)
+            else:
+                self._base.put_entry(key, entry)
+        for pubkey, balance in self._balances.items():
+            self._base.set_balance(pubkey, balance)
+
+
+def apply_transaction(view: StateView, tx: ValidTx) -> dict[str, Any]:
+    """Apply ``tx``'s ops in order, all or none; return its result. Does not index the tx."""
+    overlay = _TxOverlay(view)
+    for op in tx.ops:
+        error = _apply_op(overlay, tx.client, op)
+        if error is not None:
+            return error_result(error)
+    overlay.flush()
+    return ok_result()
+
+
+def _apply_op(state: _TxOverlay, client: str, op: object) -> str | None:
+    if isinstance(op, SetOp):
+        current = state.get_entry(op.key)
+        state.put_entry(op.key, Entry(op.value, (current.version if current else 0) + 1))
+    elif isinstance(op, DeleteOp):
+        state.delete_entry(op.key)
+    elif isinstance(op, CasOp):
+        current = state.get_entry(op.key)
+        version = current.version if current else 0
+        if version != op.expect:
+            return CAS_MISMATCH
+        state.put_entry(op.key, Entry(op.value, version + 1))
+    elif isinstance(op, TransferOp):
+        balance = state.get_balance(client)
+        if balance < op.amount:
+            return INSUFFICIENT_FUNDS
+        state.set_balance(client, balance - op.amount)
+        state.set_balance(op.to, state.get_balance(op.to) + op.amount)
+    else:  # decode_transaction builds only the four op types above
+        raise TypeError(f"unknown op {op!r}")
+    return None
+
+
+def execute_tx(view: StateView, seq: int, index: int, tx: Tx) -> dict[str, Any]:
+    """Execute the transaction at ``(seq, index)``: a repeat of an executed ``tx_id`` is not
+    executed (result ``duplicate``, its index entry keeps the first position)."""
+    if view.tx_location(tx.tx_id) is not None:
+        return error_result(DUPLICATE)
+    view.put_tx_location(tx.tx_id, seq, index)
+    try:
+        decoded = decode_for_execution(tx.wire, tx.tx_id)
+    except TxError:
+        # Honest replicas never order a malformed transaction; should a committed batch hold one,
+        # it is recorded as failed so that every replica still agrees on the result.
+        return error_result(MALFORMED)
+    return apply_transaction(view, decoded)
+
+
+def execute_batch(view: StateView, seq: int, txs: Sequence[Tx]) -> list[dict[str, Any]]:
+    """Execute a committed batch in order; one result per transaction."""
+    return [execute_tx(view, seq, index, tx) for index, tx in enumerate(txs)]

@@ -1,0 +1,756 @@
+"""The LMDB ledger: blocks, certificates, results, the tx index, state and consensus records.
+
+One LMDB write transaction per committed block holds everything the block changes, so a crash
+leaves the ledger either before or after the block, never in between. Readers (the HTTP API, the
+offline audit, also in another process while the node runs) use read-only transactions, which
+never block the writer and see a consistent snapshot.
+
+Layout (one environment, ``max_dbs`` named sub-databases; ``seq8`` is the sequence number as 8
+bytes big-endian, so byte order is seq order; "JCS" values are RFC 8785 bytes, "JSON" values
+compact JSON from the C encoder, for bulk entries nobody hashes):
+
+==================  =============================  =============================================
+db                  key                            value
+==================  =============================  =============================================
+``meta``            ``format_version``             ``b"1"``
+                    ``genesis_hash``               hex ASCII
+                    ``chain_id``                   UTF-8
+                    ``genesis``                    JCS(genesis document)
+                    ``head``                       JCS ``{"seq", "hash"}`` (seq 0: genesis_hash)
+                    ``discard_below``              decimal ASCII (last value applied)
+``blocks``          seq8                           JCS ``{"seq", "hash", "prev_hash", "batch",
+                                                   "certificate"}`` (batch = header, spec §4)
+``block_txs``       seq8                           JSON list of the transactions' wire form
+``block_results``   seq8                           JSON list of results
+``block_tx_ids``    seq8                           the raw 32-byte tx_ids, concatenated
+``tx_index``        raw 32-byte tx_id              seq8 + index as 4 bytes big-endian (first
+                                                   position only)
+``state``           UTF-8 key                      JSON ``{"value", "version"}``; absent = deleted
+``balances``        raw 32-byte pubkey             balance as 8 bytes big-endian; 0 not stored
+``records``         UTF-8 ``Record.key``           JCS(``Record.value``)
+==================  =============================  =============================================
+
+Map size: starts at ``map_size`` and doubles on ``MapFullError``: the whole block's write
+transaction is aborted and redone after the resize, so nothing is ever half-written. Past
+``map_size_max`` the store raises :class:`LedgerFullError` and the node must halt.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import lmdb
+
+from consensus.batch import Batch, Tx, block_hash
+from consensus.output import Certificate, Committed, Record
+from crypto.canonical import canonical_json
+from crypto.hexcodec import HASH_HEX_LEN, KEY_HEX_LEN, is_hex
+from ledger.genesis import Genesis, genesis_from_document
+from ledger.receipt import build_receipt
+from ledger.state_machine import Entry, execute_batch
+
+FORMAT_VERSION = b"1"
+MAP_SIZE_DEFAULT = 256 * 1024 * 1024
+MAP_SIZE_MAX_DEFAULT = 1 << 40  # 1 TiB of address space; the file only grows as data is written
+MAX_DBS = 16
+MAX_READERS = 126
+_RESIZE_RETRIES_MAX = 64
+
+_DB_NAMES = (
+    "meta",
+    "blocks",
+    "block_txs",
+    "block_results",
+    "block_tx_ids",
+    "tx_index",
+    "state",
+    "balances",
+    "records",
+)
+
+_HEADER_FIELDS = ("chain_id", "seq", "time_ms", "tx_count", "tx_root")
+_BLOCK_FIELDS = ("seq", "hash", "prev_hash", "batch", "txs", "results", "certificate")
+
+T = TypeVar("T")
+
+
+class StoreError(Exception):
+    """The ledger directory cannot be used (missing, another genesis, another format...)."""
+
+
+class LedgerFullError(StoreError):
+    """The ledger cannot grow any more; the node must halt. Nothing was half-written."""
+
+
+class LedgerInvariantError(AssertionError):
+    """The caller broke the store's contract (a block out of order, another chain's batch)."""
+
+
+def _seq8(seq: int) -> bytes:
+    return seq.to_bytes(8, "big")
+
+
+def _jcs(value: Any) -> bytes:
+    return canonical_json(value)
+
+
+_dump_text = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+
+
+def _dump(value: Any) -> bytes:
+    """Compact JSON for bulk entries (transactions, results, state) that nobody hashes: the C
+    encoder is many times faster than JCS, and these values were validated on their way in."""
+    return _dump_text(value).encode("utf-8")
+
+
+def _load(data: bytes | memoryview | None) -> Any:
+    if data is None:
+        # Every caller reads an entry that the block's write transaction stored with the others.
+        raise StoreError("the ledger is damaged: an entry of a stored block is missing")
+    return json.loads(bytes(data))
+
+
+def record_seq(value: dict[str, Any]) -> int | None:
+    """The seq a consensus record belongs to: its value's integer ``"seq"`` field, if any.
+
+    ``discard_below=s`` deletes the records whose seq is below ``s``; records without a seq (the
+    replica's view, its last view-change...) are only ever replaced, never discarded.
+    """
+    seq = value.get("seq")
+    return seq if isinstance(seq, int) and not isinstance(seq, bool) else None
+
+
+class _SharedExclusiveLock:
+    """Many holders of transactions at once (shared), or one map resize (exclusive).
+
+    LMDB's ``set_mapsize`` invalidates every transaction this process has open, so a resize
+    waits until none is in use, and no new one starts meanwhile.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._shared = 0
+        self._exclusive = False
+
+    @contextmanager
+    def shared(self) -> Iterator[None]:
+        with self._cond:
+            while self._exclusive:
+                self._cond.wait()
+            self._shared += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._shared -= 1
+                self._cond.notify_all()
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        with self._cond:
+            while self._exclusive or self._shared:
+                self._cond.wait()
+            self._exclusive = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._exclusive = False
+                self._cond.notify_all()
+
+    @contextmanager
+    def upgraded(self) -> Iterator[None]:
+        """From inside ``shared()``: drop this share, hold the lock exclusively, share again.
+
+        Deadlocks if the same thread holds a second share (a snapshot inside a snapshot).
+        """
+        with self._cond:
+            self._shared -= 1
+            self._cond.notify_all()
+        try:
+            with self.exclusive():
+                yield
+        finally:
+            with self._cond:
+                while self._exclusive:
+                    self._cond.wait()
+                self._shared += 1
+
+
+class _LmdbState:
+    """The state machine's :class:`~ledger.state_machine.StateView` over a write transaction."""
+
+    def __init__(self, txn: lmdb.Transaction, dbs: dict[str, Any]) -> None:
+        self._txn = txn
+        self._state = dbs["state"]
+        self._balances = dbs["balances"]
+        self._tx_index = dbs["tx_index"]
+
+    def get_entry(self, key: str) -> Entry | None:
+        data = self._txn.get(key.encode("utf-8"), db=self._state)
+        if data is None:
+            return None
+        stored = _load(data)
+        return Entry(stored["value"], stored["version"])
+
+    def put_entry(self, key: str, entry: Entry) -> None:
+        value = _dump({"value": entry.value, "version": entry.version})
+        self._txn.put(key.encode("utf-8"), value, db=self._state)
+
+    def delete_entry(self, key: str) -> None:
+        self._txn.delete(key.encode("utf-8"), db=self._state)
+
+    def get_balance(self, pubkey: str) -> int:
+        data = self._txn.get(bytes.fromhex(pubkey), db=self._balances)
+        return 0 if data is None else int.from_bytes(data, "big")
+
+    def set_balance(self, pubkey: str, balance: int) -> None:
+        if balance:
+            self._txn.put(bytes.fromhex(pubkey), balance.to_bytes(8, "big"), db=self._balances)
+        else:
+            self._txn.delete(bytes.fromhex(pubkey), db=self._balances)
+
+    def tx_location(self, tx_id: str) -> tuple[int, int] | None:
+        data = self._txn.get(bytes.fromhex(tx_id), db=self._tx_index)
+        return None if data is None else _decode_location(data)
+
+    def put_tx_location(self, tx_id: str, seq: int, index: int) -> None:
+        location = _seq8(seq) + index.to_bytes(4, "big")
+        self._txn.put(bytes.fromhex(tx_id), location, db=self._tx_index)
+
+
+def _decode_location(data: bytes | memoryview) -> tuple[int, int]:
+    data = bytes(data)
+    return int.from_bytes(data[:8], "big"), int.from_bytes(data[8:12], "big")
+
+
+class LedgerSnapshot:
+    """A consistent read-only view of the ledger (one LMDB read transaction)."""
+
+    def __init__(self, txn: lmdb.Transaction, dbs: dict[str, Any], genesis: Genesis) -> None:
+        self._txn = txn
+        self._dbs = dbs
+        self.genesis = genesis
+
+    def head(self) -> tuple[int, str]:
+        """``(seq, block_hash(seq))`` of the last block; ``(0, genesis_hash)`` when empty."""
+        data = self._txn.get(b"head", db=self._dbs["meta"])
+        if data is None:
+            return 0, self.genesis.genesis_hash
+        head = _load(data)
+        return head["seq"], head["hash"]
+
+    def block(self, seq: int) -> dict[str, Any] | None:
+        """The block as ``GET /v1/blocks/{seq}`` answers it, or None beyond the head."""
+        if not isinstance(seq, int) or not 1 <= seq < 2**63:
+            return None
+        key = _seq8(seq)
+        header = self._txn.get(key, db=self._dbs["blocks"])
+        if header is None:
+            return None
+        block = _load(header)
+        block["txs"] = _load(self._txn.get(key, db=self._dbs["block_txs"]))
+        block["results"] = _load(self._txn.get(key, db=self._dbs["block_results"]))
+        return {k: block[k] for k in _BLOCK_FIELDS}
+
+    def block_hash(self, seq: int) -> str | None:
+        """``block_hash(seq)``; ``genesis_hash`` for seq 0; None beyond the head."""
+        if seq == 0:
+            return self.genesis.genesis_hash
+        header = self._txn.get(_seq8(seq), db=self._dbs["blocks"])
+        return None if header is None else str(_load(header)["hash"])
+
+    def iter_blocks(self, start: int = 1, end: int | None = None) -> Iterator[dict[str, Any]]:
+        """Blocks ``start..end`` (inclusive; ``end`` defaults to the head) in seq order."""
+        last = self.head()[0] if end is None else min(end, self.head()[0])
+        for seq in range(max(start, 1), last + 1):
+            block = self.block(seq)
+            if block is None:
+                raise StoreError(f"block {seq} is missing below the head {last}: ledger damaged")
+            yield block
+
+    def tx_location(self, tx_id: str) -> tuple[int, int] | None:
+        """``(seq, index)`` of the first position of ``tx_id``, or None if not committed."""
+        if not is_hex(tx_id, HASH_HEX_LEN):
+            return None
+        data = self._txn.get(bytes.fromhex(tx_id), db=self._dbs["tx_index"])
+        return None if data is None else _decode_location(data)
+
+    def is_committed(self, tx_id: str) -> bool:
+        return self.tx_location(tx_id) is not None
+
+    def receipt(self, tx_id: str) -> dict[str, Any] | None:
+        """The spec §5 receipt of a committed transaction (its first position), else None."""
+        location = self.tx_location(tx_id)
+        if location is None:
+            return None
+        seq, index = location
+        key = _seq8(seq)
+        header = _load(self._txn.get(key, db=self._dbs["blocks"]))
+        raw = self._txn.get(key, db=self._dbs["block_tx_ids"])
+        if raw is None:
+            raise StoreError(f"block {seq} has no tx_ids: the ledger is damaged")
+        raw = bytes(raw)
+        tx_ids = [raw[i : i + 32] for i in range(0, len(raw), 32)]
+        results = _load(self._txn.get(key, db=self._dbs["block_results"]))
+        return build_receipt(
+            tx_id, seq, index, tx_ids, header["batch"], header["certificate"], results[index]
+        )
+
+    def get_state(self, key: str) -> dict[str, Any] | None:
+        """``{"key", "value", "version"}`` as ``GET /v1/state/{key}`` answers, or None if absent."""
+        try:
+            raw_key = key.encode("utf-8")
+        except UnicodeEncodeError:
+            return None
+        if not 1 <= len(raw_key) <= 511:
+            return None
+        data = self._txn.get(raw_key, db=self._dbs["state"])
+        if data is None:
+            return None
+        stored = _load(data)
+        return {"key": key, "value": stored["value"], "version": stored["version"]}
+
+    def balance(self, pubkey: str) -> int:
+        if not is_hex(pubkey, KEY_HEX_LEN):
+            return 0
+        data = self._txn.get(bytes.fromhex(pubkey), db=self._dbs["balances"])
+        return 0 if data is None else int.from_bytes(data, "big")
+
+    def iter_state(self) -> Iterator[tuple[str, Any, int]]:
+        """Every present key as ``(key, value, version)``, in UTF-8 byte order."""
+        with self._txn.cursor(db=self._dbs["state"]) as cursor:
+            for raw_key, data in cursor:
+                stored = _load(data)
+                yield bytes(raw_key).decode("utf-8"), stored["value"], stored["version"]
+
+    def iter_balances(self) -> Iterator[tuple[str, int]]:
+        """Every non-zero balance as ``(pubkey, balance)``, in key order."""
+        with self._txn.cursor(db=self._dbs["balances"]) as cursor:
+            for raw_key, data in cursor:
+                yield bytes(raw_key).hex(), int.from_bytes(data, "big")
+
+    def iter_tx_locations(self) -> Iterator[tuple[str, int, int]]:
+        """Every indexed transaction as ``(tx_id, seq, index)``, in tx_id order."""
+        with self._txn.cursor(db=self._dbs["tx_index"]) as cursor:
+            for raw_key, data in cursor:
+                seq, index = _decode_location(data)
+                yield bytes(raw_key).hex(), seq, index
+
+    def load_records(self) -> list[Record]:
+        with self._txn.cursor(db=self._dbs["records"]) as cursor:
+            return [Record(bytes(k).decode("utf-8"), _load(v)) for k, v in cursor]
+
+
+def committed_from_block(block: Any) -> Committed:
+    """Rebuild the ``Committed`` a block was appended from (state transfer, audit replay).
+
+    ``block`` may come from a peer: anything malformed, or transactions that do not match the
+    batch header, raises ValueError. The certificate is *not* verified here; use
+    :func:`ledger.receipt.verify_committed`.
+    """
+    if not isinstance(block, Mapping):
+        raise ValueError("a block must be an object")
+    header, wires, certificate = block.get("batch"), block.get("txs"), block.get("certificate")
+    if not isinstance(header, Mapping) or set(header) != set(_HEADER_FIELDS):
+        raise ValueError(f"block batch must be an object with {', '.join(_HEADER_FIELDS)}")
+    seq, time_ms, chain_id = header["seq"], header["time_ms"], header["chain_id"]
+    if not _is_int(seq) or seq < 1 or not _is_int(time_ms) or time_ms < 0:
+        raise ValueError("block batch seq and time_ms must be integers")
+    if not isinstance(chain_id, str):
+        raise ValueError("block batch chain_id must be a string")
+    if not isinstance(wires, list) or not all(isinstance(w, Mapping) for w in wires):
+        raise ValueError("block txs must be a list of objects")
+    if not isinstance(certificate, Mapping) or not _is_int(certificate.get("view")):
+        raise ValueError("block certificate must be an object with an integer view")
+    signatures = certificate.get("signatures")
+    if not isinstance(signatures, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in signatures.items()
+    ):
+        raise ValueError("block certificate signatures must map strings to strings")
+    batch = Batch(chain_id, seq, time_ms, tuple(Tx.from_wire(wire) for wire in wires))
+    if batch.header != dict(header):
+        raise ValueError(f"block {seq}: transactions do not match the batch header")
+    return Committed(batch, Certificate(certificate["view"], dict(signatures)))
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+class LedgerStore:
+    """The ledger of one node. Open with :meth:`open`; one writer process, any number of readers.
+
+    Do not call :meth:`append_block` or :meth:`persist_records` while holding a
+    :meth:`snapshot` in the same thread: a map resize waits for every snapshot to end.
+    """
+
+    def __init__(
+        self,
+        env: lmdb.Environment,
+        dbs: dict[str, Any],
+        genesis: Genesis,
+        path: Path,
+        readonly: bool,
+        map_size_max: int,
+    ) -> None:
+        self._env = env
+        self._dbs = dbs
+        self.genesis = genesis
+        self.path = path
+        self.readonly = readonly
+        self._map_size_max = map_size_max
+        self._lock = _SharedExclusiveLock()
+        self._write_mutex = threading.Lock()
+        self._head: tuple[int, str] | None = None
+        if not readonly:
+            self._head = self._read(lambda snap: snap.head())
+
+    # -- opening ----------------------------------------------------------------------------
+
+    @classmethod
+    def open(
+        cls,
+        data_dir: Path | str,
+        genesis: Genesis | None = None,
+        *,
+        readonly: bool = False,
+        map_size: int = MAP_SIZE_DEFAULT,
+        map_size_max: int = MAP_SIZE_MAX_DEFAULT,
+    ) -> LedgerStore:
+        """Open (the writer creates) the ledger in ``data_dir``.
+
+        The writer needs ``genesis``; it creates the directory (mode 0700) and files (0600) and
+        refuses a directory made for another genesis. A reader (``readonly=True``, safe beside
+        a running writer in another process) may pass ``genesis=None`` to use the stored one.
+        """
+        path = Path(data_dir)
+        if readonly:
+            env = _open_reader_env(path, map_size)
+        else:
+            if genesis is None:
+                raise ValueError("the writer must be given the genesis")
+            env = _open_writer_env(path, map_size)
+        try:
+            dbs = _open_dbs(env, path, readonly)
+            stored = _check_meta(env, dbs, path, genesis, readonly)
+        except BaseException:
+            env.close()
+            raise
+        return cls(env, dbs, stored, path, readonly, map_size_max)
+
+    @staticmethod
+    def read_genesis(data_dir: Path | str) -> Genesis:
+        """The genesis a ledger directory was created for (opens it read-only)."""
+        store = LedgerStore.open(data_dir, readonly=True)
+        try:
+            return store.genesis
+        finally:
+            store.close()
+
+    def close(self) -> None:
+        with self._write_mutex, self._lock.exclusive():
+            self._env.close()
+
+    def __enter__(self) -> LedgerStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- reading ----------------------------------------------------------------------------
+
+    @contextmanager
+    def snapshot(self) -> Iterator[LedgerSnapshot]:
+        """A consistent read-only view; keep it short-lived in the node (it pins old pages)."""
+        with self._lock.shared():
+            txn = self._begin_read()
+            try:
+                yield LedgerSnapshot(txn, self._dbs, self.genesis)
+            finally:
+                txn.abort()
+
+    def _begin_read(self) -> lmdb.Transaction:
+        # Called with the shared lock held; a reader whose map another process outgrew adopts
+        # the new size (which needs the exclusive lock) and tries again.
+        for _ in range(_RESIZE_RETRIES_MAX):
+            try:
+                return self._env.begin(write=False, buffers=False)
+            except lmdb.MapResizedError:
+                self._lock_upgrade_adopt_map()
+        raise StoreError(f"ledger {self.path}: the map keeps being resized; try again")
+
+    def _lock_upgrade_adopt_map(self) -> None:
+        # set_mapsize(0) adopts the size another process gave the map. It invalidates every
+        # transaction of this process, so it runs under the exclusive lock.
+        with self._lock.upgraded():
+            self._env.set_mapsize(0)
+
+    def _read(self, fn: Callable[[LedgerSnapshot], T]) -> T:
+        with self.snapshot() as snap:
+            return fn(snap)
+
+    def head(self) -> tuple[int, str]:
+        if self._head is not None:
+            return self._head
+        return self._read(lambda s: s.head())
+
+    def block(self, seq: int) -> dict[str, Any] | None:
+        return self._read(lambda s: s.block(seq))
+
+    def block_hash(self, seq: int) -> str | None:
+        return self._read(lambda s: s.block_hash(seq))
+
+    def tx_location(self, tx_id: str) -> tuple[int, int] | None:
+        return self._read(lambda s: s.tx_location(tx_id))
+
+    def is_committed(self, tx_id: str) -> bool:
+        return self._read(lambda s: s.is_committed(tx_id))
+
+    def receipt(self, tx_id: str) -> dict[str, Any] | None:
+        return self._read(lambda s: s.receipt(tx_id))
+
+    def get_state(self, key: str) -> dict[str, Any] | None:
+        return self._read(lambda s: s.get_state(key))
+
+    def balance(self, pubkey: str) -> int:
+        return self._read(lambda s: s.balance(pubkey))
+
+    def load_records(self) -> list[Record]:
+        """Every persisted consensus record, in key order."""
+        return self._read(lambda s: s.load_records())
+
+    def iter_blocks(self, start: int = 1, end: int | None = None) -> Iterator[dict[str, Any]]:
+        """Blocks in seq order, all from one snapshot taken at the first ``next()``."""
+        with self.snapshot() as snap:
+            yield from snap.iter_blocks(start, end)
+
+    def map_size(self) -> int:
+        return int(self._env.info()["map_size"])
+
+    # -- writing ----------------------------------------------------------------------------
+
+    def append_block(
+        self,
+        committed: Committed,
+        records: Iterable[Record] = (),
+        discard_below: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """Execute and store the block at ``head + 1`` in one durable write transaction, with
+        ``records`` and ``discard_below``; return the transactions' results."""
+        batch = committed.batch
+        records = list(records)
+        with self._write_mutex:
+            head_seq, head_hash = self._writer_head()
+            if batch.seq != head_seq + 1:
+                raise LedgerInvariantError(
+                    f"block {batch.seq} appended after head {head_seq}; blocks go in seq order"
+                )
+            if batch.chain_id != self.genesis.chain_id:
+                raise LedgerInvariantError(f"batch of chain {batch.chain_id!r} appended")
+            new_hash = block_hash(batch.seq, head_hash, batch.digest)
+            key = _seq8(batch.seq)
+            header = _jcs(
+                {
+                    "seq": batch.seq,
+                    "hash": new_hash,
+                    "prev_hash": head_hash,
+                    "batch": batch.header,
+                    "certificate": committed.certificate.to_wire(),
+                }
+            )
+            txs = _dump([dict(tx.wire) for tx in batch.txs])
+            tx_ids = b"".join(bytes.fromhex(tx.tx_id) for tx in batch.txs)
+            head = _jcs({"seq": batch.seq, "hash": new_hash})
+
+            def work(txn: lmdb.Transaction) -> list[dict[str, Any]]:
+                results = execute_batch(_LmdbState(txn, self._dbs), batch.seq, batch.txs)
+                txn.put(key, header, db=self._dbs["blocks"])
+                txn.put(key, txs, db=self._dbs["block_txs"])
+                txn.put(key, _dump(results), db=self._dbs["block_results"])
+                txn.put(key, tx_ids, db=self._dbs["block_tx_ids"])
+                txn.put(b"head", head, db=self._dbs["meta"])
+                self._write_records(txn, records, discard_below)
+                return results
+
+            results = self._write(work)
+            self._head = (batch.seq, new_hash)
+            return results
+
+    def persist_records(self, records: Iterable[Record], discard_below: int | None = None) -> None:
+        """Durably write consensus records (and discard old ones) for a step without a block."""
+        records = list(records)
+        if not records and discard_below is None:
+            return
+        with self._write_mutex:
+            self._write(lambda txn: self._write_records(txn, records, discard_below))
+
+    def _writer_head(self) -> tuple[int, str]:
+        if self.readonly or self._head is None:
+            raise LedgerInvariantError("this ledger store was opened read-only")
+        return self._head
+
+    def _write_records(
+        self, txn: lmdb.Transaction, records: list[Record], discard_below: int | None
+    ) -> None:
+        db = self._dbs["records"]
+        for record in records:
+            txn.put(record.key.encode("utf-8"), _jcs(record.value), db=db)
+        if discard_below is None:
+            return
+        doomed = []
+        with txn.cursor(db=db) as cursor:
+            for raw_key, data in cursor:
+                seq = record_seq(_load(data))
+                if seq is not None and seq < discard_below:
+                    doomed.append(bytes(raw_key))
+        for raw_key in doomed:
+            txn.delete(raw_key, db=db)
+        txn.put(b"discard_below", str(discard_below).encode("ascii"), db=self._dbs["meta"])
+
+    def _write(self, work: Callable[[lmdb.Transaction], T]) -> T:
+        """Run ``work`` in one write transaction; on MapFullError abort, grow, and redo it all."""
+        if self.readonly:
+            raise LedgerInvariantError("this ledger store was opened read-only")
+        for _ in range(_RESIZE_RETRIES_MAX):
+            try:
+                with self._lock.shared(), self._env.begin(write=True) as txn:
+                    result = work(txn)
+                return result
+            except lmdb.MapFullError:
+                self._grow()
+            except lmdb.Error as exc:
+                raise StoreError(
+                    f"ledger {self.path}: write failed and was rolled back ({exc}); "
+                    "the node must stop"
+                ) from exc
+        raise LedgerFullError(f"ledger {self.path}: a block did not fit after repeated growth")
+
+    def _grow(self) -> None:
+        current = self.map_size()
+        target = current * 2
+        if target > self._map_size_max:
+            raise LedgerFullError(
+                f"ledger {self.path} is full: it needs more than map_size_max = "
+                f"{self._map_size_max} bytes (now {current}). The last block was not written. "
+                "Free disk space or raise the limit, then restart the node."
+            )
+        try:
+            with self._lock.exclusive():
+                self._env.set_mapsize(target)
+        except lmdb.Error as exc:
+            raise LedgerFullError(
+                f"ledger {self.path}: cannot grow the map to {target} bytes ({exc}); "
+                "the node must stop. The last block was not written."
+            ) from exc
+
+
+# -- environment setup ------------------------------------------------------------------------
+
+
+def _open_writer_env(path: Path, map_size: int) -> lmdb.Environment:
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(path, 0o700)
+    try:
+        env = lmdb.open(
+            str(path),
+            map_size=map_size,
+            subdir=True,
+            max_dbs=MAX_DBS,
+            max_readers=MAX_READERS,
+            sync=True,
+            metasync=True,
+            readonly=False,
+            lock=True,
+            mode=0o700,  # py-lmdb creates the files with this minus the execute bits: 0600
+        )
+    except lmdb.Error as exc:
+        raise StoreError(f"cannot open ledger {path} for writing: {exc}") from exc
+    for name in ("data.mdb", "lock.mdb"):
+        os.chmod(path / name, 0o600)
+    return env
+
+
+def _open_reader_env(path: Path, map_size: int) -> lmdb.Environment:
+    if not (path / "data.mdb").is_file():
+        raise StoreError(f"{path} holds no Phalanx ledger (no data.mdb)")
+    try:
+        # lock=True even read-only: the lock file's reader table is what stops the writer from
+        # reusing pages a reader still sees. lock=False is only safe with no writer at all.
+        return lmdb.open(
+            str(path),
+            map_size=map_size,
+            subdir=True,
+            max_dbs=MAX_DBS,
+            max_readers=MAX_READERS,
+            readonly=True,
+            lock=True,
+            create=False,
+        )
+    except lmdb.Error as exc:
+        raise StoreError(f"cannot open ledger {path} read-only: {exc}") from exc
+
+
+def _open_dbs(env: lmdb.Environment, path: Path, readonly: bool) -> dict[str, Any]:
+    dbs: dict[str, Any] = {}
+    for name in _DB_NAMES:
+        try:
+            dbs[name] = env.open_db(name.encode("ascii"), create=not readonly)
+        except lmdb.NotFoundError as exc:
+            raise StoreError(f"{path} is not a Phalanx ledger (no {name} database)") from exc
+    return dbs
+
+
+def _check_meta(
+    env: lmdb.Environment,
+    dbs: dict[str, Any],
+    path: Path,
+    genesis: Genesis | None,
+    readonly: bool,
+) -> Genesis:
+    meta = dbs["meta"]
+    with env.begin(write=False, buffers=False) as txn:
+        version = txn.get(b"format_version", db=meta)
+        stored_hash = txn.get(b"genesis_hash", db=meta)
+        stored_doc = txn.get(b"genesis", db=meta)
+        has_blocks = txn.stat(dbs["blocks"])["entries"] > 0
+    if version is None:
+        if readonly or genesis is None:
+            raise StoreError(f"{path} holds no initialised Phalanx ledger")
+        if has_blocks:
+            raise StoreError(f"ledger {path} has blocks but no metadata; it is damaged")
+        _initialise(env, dbs, genesis)
+        return genesis
+    if version != FORMAT_VERSION:
+        raise StoreError(
+            f"ledger {path} has format version {version.decode('ascii', 'replace')}; "
+            f"this program reads version {FORMAT_VERSION.decode('ascii')}"
+        )
+    assert stored_hash is not None and stored_doc is not None
+    if genesis is not None and stored_hash.decode("ascii") != genesis.genesis_hash:
+        raise StoreError(
+            f"ledger {path} was created for genesis {stored_hash.decode('ascii')}, but this "
+            f"genesis ({genesis.chain_id}) hashes to {genesis.genesis_hash}; use the genesis "
+            "file the ledger was made with, or a fresh data directory"
+        )
+    if genesis is None:
+        genesis = genesis_from_document(_load(stored_doc))
+    return genesis
+
+
+def _initialise(env: lmdb.Environment, dbs: dict[str, Any], genesis: Genesis) -> None:
+    with env.begin(write=True) as txn:
+        meta = dbs["meta"]
+        txn.put(b"format_version", FORMAT_VERSION, db=meta)
+        txn.put(b"genesis_hash", genesis.genesis_hash.encode("ascii"), db=meta)
+        txn.put(b"chain_id", genesis.chain_id.encode("utf-8"), db=meta)
+        txn.put(b"genesis", genesis.canonical_bytes(), db=meta)
+        for pubkey, balance in genesis.accounts.items():
+            if balance:
+                txn.put(bytes.fromhex(pubkey), balance.to_bytes(8, "big"), db=dbs["balances"])

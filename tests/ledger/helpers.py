@@ -1,0 +1,76 @@
+"""Test helpers: a 4-validator genesis with real keys, signed transactions, signed certificates."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from typing import Any
+
+from consensus.batch import Batch, Tx, commit_vote_body
+from consensus.output import Certificate, Committed
+from crypto.signing import TAG_COMMIT, TAG_TX, Ed25519Signer
+from ledger.genesis import Genesis, genesis_from_document
+
+CHAIN_ID = "phalanx-test"
+
+
+def signer(label: str) -> Ed25519Signer:
+    """A deterministic key per label, so test runs are reproducible."""
+    return Ed25519Signer(hashlib.sha256(label.encode()).digest())
+
+
+VALIDATORS = [signer(f"validator-{i}") for i in range(4)]
+ALICE = signer("alice")
+BOB = signer("bob")
+CAROL = signer("carol")
+
+
+def genesis_document(
+    validators: Sequence[Ed25519Signer] = VALIDATORS,
+    accounts: dict[str, int] | None = None,
+    chain_id: str = CHAIN_ID,
+) -> dict[str, Any]:
+    if accounts is None:
+        accounts = {ALICE.public_key: 1_000, BOB.public_key: 50}
+    return {
+        "chain_id": chain_id,
+        "validators": [
+            {"name": f"node{i}", "pubkey": v.public_key} for i, v in enumerate(validators)
+        ],
+        "accounts": accounts,
+    }
+
+
+def make_genesis(**kwargs: Any) -> Genesis:
+    return genesis_from_document(genesis_document(**kwargs))
+
+
+def sign_tx(client: Ed25519Signer, nonce: int, ops: list[dict[str, Any]]) -> dict[str, Any]:
+    body = {"client": client.public_key, "nonce": nonce, "ops": ops}
+    return {"body": body, "sig": client.sign(TAG_TX, body)}
+
+
+def tx(client: Ed25519Signer, nonce: int, *ops: dict[str, Any]) -> Tx:
+    return Tx.from_wire(sign_tx(client, nonce, list(ops)))
+
+
+def certify(
+    genesis: Genesis,
+    batch: Batch,
+    view: int = 0,
+    signers: Sequence[Ed25519Signer] | None = None,
+) -> Certificate:
+    """A certificate signed by ``signers`` (default: the first q validators)."""
+    if signers is None:
+        signers = VALIDATORS[: genesis.q]
+    body = commit_vote_body(batch.chain_id, batch.seq, view, batch.digest)
+    return Certificate(view, {s.public_key: s.sign(TAG_COMMIT, body) for s in signers})
+
+
+def committed(
+    genesis: Genesis, seq: int, txs: Sequence[Tx] = (), view: int = 0, time_ms: int | None = None
+) -> Committed:
+    if time_ms is None:
+        time_ms = 1_764_000_000_000 + seq if txs else 0
+    batch = Batch(genesis.chain_id, seq, time_ms, tuple(txs))
+    return Committed(batch, certify(genesis, batch, view))

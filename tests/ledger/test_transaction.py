@@ -1,0 +1,294 @@
+"""Client transactions at the trust boundary (spec §3): shape, limits, tx_id, signature."""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+import pytest
+
+from crypto.canonical import canonical_json
+from crypto.hashing import sha256_hex
+from crypto.signing import TAG_COMMIT
+from ledger.transaction import (
+    BAD_SIGNATURE,
+    BODY_BYTES_MAX,
+    MALFORMED,
+    TOO_LARGE,
+    CasOp,
+    DeleteOp,
+    SetOp,
+    TransferOp,
+    TxError,
+    check_transaction,
+    decode_for_execution,
+    decode_transaction,
+    parse_transaction,
+    verify_transaction,
+)
+from tests.ledger.helpers import ALICE, BOB, sign_tx
+
+SMALL_ORDER_KEY = "01" + "00" * 31
+
+
+def wire(*ops: dict[str, Any], nonce: int = 0) -> dict[str, Any]:
+    return sign_tx(ALICE, nonce, list(ops) or [{"op": "set", "key": "k", "value": 1}])
+
+
+def code_of(value: Any) -> str:
+    with pytest.raises(TxError) as info:
+        check_transaction(value)
+    assert info.value.detail  # always a human sentence
+    return info.value.code
+
+
+def test_all_four_ops_decode_and_verify() -> None:
+    ops: list[dict[str, Any]] = [
+        {"op": "set", "key": "a", "value": {"nested": [1, "x", None, True]}},
+        {"op": "delete", "key": "b"},
+        {"op": "cas", "key": "a", "expect": 0, "value": "v"},
+        {"op": "transfer", "to": BOB.public_key, "amount": 5},
+    ]
+    w = wire(*ops, nonce=7)
+    tx = check_transaction(w)
+    assert tx.tx_id == sha256_hex(canonical_json(w["body"]))
+    assert tx.client == ALICE.public_key and tx.nonce == 7
+    assert tx.ops == (
+        SetOp("a", {"nested": [1, "x", None, True]}),
+        DeleteOp("b"),
+        CasOp("a", 0, "v"),
+        TransferOp(BOB.public_key, 5),
+    )
+    assert tx.to_consensus_tx().tx_id == tx.tx_id
+
+
+def test_tx_id_ignores_the_signature_and_key_order() -> None:
+    w = wire()
+    reordered = {"sig": w["sig"], "body": dict(reversed(list(w["body"].items())))}
+    assert decode_transaction(reordered).tx_id == decode_transaction(w).tx_id
+
+
+def test_parse_transaction_from_bytes() -> None:
+    w = wire()
+    assert parse_transaction(json.dumps(w).encode()).tx_id == decode_transaction(w).tx_id
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "not json",
+        '{"body": 1.5, "sig": "00"}',
+        '{"body": {}, "body": {}, "sig": ""}',
+        "NaN",
+    ],
+)
+def test_parse_rejects_bad_json(text: str) -> None:
+    with pytest.raises(TxError) as info:
+        parse_transaction(text)
+    assert info.value.code == MALFORMED
+
+
+def test_bad_signature() -> None:
+    w = wire()
+    w["sig"] = ("0" if w["sig"][0] != "0" else "1") + w["sig"][1:]
+    assert code_of(w) == BAD_SIGNATURE
+
+
+def test_signature_by_another_key_is_bad() -> None:
+    w = wire()
+    w["sig"] = sign_tx(BOB, 0, w["body"]["ops"])["sig"]
+    assert code_of(w) == BAD_SIGNATURE
+
+
+def test_signature_under_another_tag_is_bad() -> None:
+    w = wire()
+    w["sig"] = ALICE.sign(TAG_COMMIT, w["body"])
+    assert code_of(w) == BAD_SIGNATURE
+
+
+def test_modified_body_is_bad_signature() -> None:
+    w = wire()
+    w["body"]["nonce"] = 1
+    assert code_of(w) == BAD_SIGNATURE
+
+
+def test_non_canonical_s_is_rejected() -> None:
+    # S + L is the same signature to a lax verifier; strict verification refuses it.
+    L = 2**252 + 27742317777372353535851937790883648493
+    w = wire()
+    sig = bytes.fromhex(w["sig"])
+    s = int.from_bytes(sig[32:], "little") + L
+    w["sig"] = (sig[:32] + s.to_bytes(32, "little")).hex()
+    assert code_of(w) == BAD_SIGNATURE
+
+
+def test_verify_transaction_alone() -> None:
+    tx = decode_transaction(wire())
+    verify_transaction(tx)
+    forged = decode_transaction({**wire(), "sig": "ab" * 64})
+    with pytest.raises(TxError) as info:
+        verify_transaction(forged)
+    assert info.value.code == BAD_SIGNATURE
+    assert info.value.to_wire()["error"] == BAD_SIGNATURE
+
+
+def _shape(change: Any) -> dict[str, Any]:
+    w = copy.deepcopy(wire())
+    change(w)
+    return w
+
+
+MALFORMED_CASES: list[tuple[str, Any]] = [
+    ("not an object", lambda w: None),
+    ("unknown top-level field", lambda w: w.update(extra=1)),
+    ("missing sig", lambda w: w.pop("sig")),
+    ("missing body", lambda w: w.pop("body")),
+    ("body not object", lambda w: w.update(body=[1])),
+    ("unknown body field", lambda w: w["body"].update(fee=1)),
+    ("missing nonce", lambda w: w["body"].pop("nonce")),
+    ("missing client", lambda w: w["body"].pop("client")),
+    ("missing ops", lambda w: w["body"].pop("ops")),
+    ("client upper hex", lambda w: w["body"].update(client=w["body"]["client"].upper())),
+    ("client short", lambda w: w["body"].update(client="ab" * 31)),
+    ("client small order", lambda w: w["body"].update(client=SMALL_ORDER_KEY)),
+    ("client not str", lambda w: w["body"].update(client=5)),
+    ("nonce negative", lambda w: w["body"].update(nonce=-1)),
+    ("nonce 2^53", lambda w: w["body"].update(nonce=2**53)),
+    ("nonce bool", lambda w: w["body"].update(nonce=True)),
+    ("nonce str", lambda w: w["body"].update(nonce="1")),
+    ("nonce float", lambda w: w["body"].update(nonce=1.0)),
+    ("sig short", lambda w: w.update(sig="ab" * 63)),
+    ("sig upper", lambda w: w.update(sig=w["sig"].upper())),
+    ("sig not str", lambda w: w.update(sig=None)),
+    ("ops empty", lambda w: w["body"].update(ops=[])),
+    ("ops 65", lambda w: w["body"].update(ops=[{"op": "delete", "key": "k"}] * 65)),
+    ("ops not list", lambda w: w["body"].update(ops={"op": "delete"})),
+    ("op not object", lambda w: w["body"].update(ops=["set"])),
+    ("unknown op", lambda w: w["body"].update(ops=[{"op": "mint", "amount": 1}])),
+    ("op missing kind", lambda w: w["body"].update(ops=[{"key": "k"}])),
+    ("set missing value", lambda w: w["body"].update(ops=[{"op": "set", "key": "k"}])),
+    (
+        "set extra field",
+        lambda w: w["body"].update(ops=[{"op": "set", "key": "k", "value": 1, "x": 1}]),
+    ),
+    (
+        "set float value",
+        lambda w: w["body"].update(ops=[{"op": "set", "key": "k", "value": [0.5]}]),
+    ),
+    ("set huge int", lambda w: w["body"].update(ops=[{"op": "set", "key": "k", "value": 2**53}])),
+    ("key empty", lambda w: w["body"].update(ops=[{"op": "delete", "key": ""}])),
+    ("key 257 bytes", lambda w: w["body"].update(ops=[{"op": "delete", "key": "k" * 257}])),
+    (
+        "key 129 two-byte chars",
+        lambda w: w["body"].update(ops=[{"op": "delete", "key": "é" * 129}]),
+    ),
+    ("key not str", lambda w: w["body"].update(ops=[{"op": "delete", "key": 1}])),
+    ("key lone surrogate", lambda w: w["body"].update(ops=[{"op": "delete", "key": "\ud800"}])),
+    ("cas missing expect", lambda w: w["body"].update(ops=[{"op": "cas", "key": "k", "value": 1}])),
+    (
+        "cas negative expect",
+        lambda w: w["body"].update(ops=[{"op": "cas", "key": "k", "expect": -1, "value": 1}]),
+    ),
+    (
+        "cas bool expect",
+        lambda w: w["body"].update(ops=[{"op": "cas", "key": "k", "expect": False, "value": 1}]),
+    ),
+    (
+        "transfer zero",
+        lambda w: w["body"].update(ops=[{"op": "transfer", "to": BOB.public_key, "amount": 0}]),
+    ),
+    (
+        "transfer negative",
+        lambda w: w["body"].update(ops=[{"op": "transfer", "to": BOB.public_key, "amount": -5}]),
+    ),
+    (
+        "transfer float",
+        lambda w: w["body"].update(ops=[{"op": "transfer", "to": BOB.public_key, "amount": 5.0}]),
+    ),
+    (
+        "transfer bool",
+        lambda w: w["body"].update(ops=[{"op": "transfer", "to": BOB.public_key, "amount": True}]),
+    ),
+    (
+        "transfer str",
+        lambda w: w["body"].update(ops=[{"op": "transfer", "to": BOB.public_key, "amount": "5"}]),
+    ),
+    (
+        "transfer bad to",
+        lambda w: w["body"].update(ops=[{"op": "transfer", "to": "00" * 32, "amount": 5}]),
+    ),
+    (
+        "transfer small-order to",
+        lambda w: w["body"].update(ops=[{"op": "transfer", "to": SMALL_ORDER_KEY, "amount": 5}]),
+    ),
+    (
+        "transfer with key",
+        lambda w: w["body"].update(
+            ops=[{"op": "transfer", "to": BOB.public_key, "amount": 5, "key": "k"}]
+        ),
+    ),
+    (
+        "non-str object key in value",
+        lambda w: w["body"].update(ops=[{"op": "set", "key": "k", "value": {1: 2}}]),
+    ),
+]
+
+
+@pytest.mark.parametrize(("name", "change"), MALFORMED_CASES, ids=[c[0] for c in MALFORMED_CASES])
+def test_malformed(name: str, change: Any) -> None:
+    w = None if name == "not an object" else _shape(change)
+    assert code_of(w) == MALFORMED
+
+
+def test_limits_at_the_edge_are_accepted() -> None:
+    ops = [{"op": "delete", "key": "k" * 256}] * 64
+    check_transaction(sign_tx(ALICE, 2**53 - 1, ops))
+    check_transaction(sign_tx(ALICE, 0, [{"op": "delete", "key": "é" * 128}]))
+    check_transaction(sign_tx(ALICE, 0, [{"op": "delete", "key": "😀" * 64}]))
+    check_transaction(
+        sign_tx(ALICE, 0, [{"op": "transfer", "to": BOB.public_key, "amount": 2**53 - 1}])
+    )
+
+
+def _sized_body_wire(size: int) -> dict[str, Any]:
+    """A signed transaction whose JCS(body) is exactly ``size`` bytes."""
+    base = {"client": ALICE.public_key, "nonce": 0, "ops": [{"op": "set", "key": "k", "value": ""}]}
+    filler = size - len(canonical_json(base))
+    ops = [{"op": "set", "key": "k", "value": "x" * filler}]
+    w = sign_tx(ALICE, 0, ops)
+    assert len(canonical_json(w["body"])) == size
+    return w
+
+
+def test_body_of_exactly_65536_bytes_is_accepted() -> None:
+    check_transaction(_sized_body_wire(BODY_BYTES_MAX))
+
+
+def test_body_of_65537_bytes_is_too_large() -> None:
+    assert code_of(_sized_body_wire(BODY_BYTES_MAX + 1)) == TOO_LARGE
+
+
+def test_size_counts_canonical_bytes_not_characters() -> None:
+    # Each "é" is 2 UTF-8 bytes: 40,000 characters are 80,000 bytes.
+    w = sign_tx(ALICE, 0, [{"op": "set", "key": "k", "value": "é" * 40_000}])
+    assert code_of(w) == TOO_LARGE
+
+
+def test_huge_input_text_is_too_large_before_parsing() -> None:
+    with pytest.raises(TxError) as info:
+        parse_transaction(b" " * (4 * BODY_BYTES_MAX + 1))
+    assert info.value.code == TOO_LARGE
+
+
+def test_decode_for_execution_checks_shape_but_trusts_the_id() -> None:
+    w = wire()
+    tx = decode_for_execution(w, "cd" * 32)
+    assert tx.tx_id == "cd" * 32 and tx.body_jcs is None
+    with pytest.raises(ValueError, match="no body bytes"):
+        verify_transaction(tx)
+    bad = copy.deepcopy(w)
+    bad["body"]["ops"][0]["value"] = {"x": [1.5]}
+    with pytest.raises(TxError) as info:
+        decode_for_execution(bad, "cd" * 32)
+    assert info.value.code == MALFORMED
