@@ -1,0 +1,1243 @@
+"""One PBFT replica (Castro & Liskov, OSDI'99 §4; TOCS 2002) as a pure deterministic state machine.
+
+Inputs are peer messages (``on_message``), client requests (``on_requests``), timer ticks
+(``on_tick``) and the results of a state transfer (``on_blocks_fetched``). Each returns an
+``Output``: what to persist, then what to send, then what to execute (see ``consensus.output``).
+No I/O, no clock, no randomness: the same inputs always give the same outputs.
+
+Vocabulary follows the paper: ``h`` is the stable checkpoint (low watermark), ``h + L`` the high
+watermark, ``q`` the quorum (2f + 1 when n = 3f + 1). Peer input that is invalid is dropped and
+counted in ``dropped[(sender, reason)]``; a broken internal fact raises ``InvariantViolation``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypeVar
+
+from consensus import records as rec
+from consensus.batch import Batch, Tx, TxChecker, block_hash, commit_vote_body
+from consensus.config import ReplicaConfig
+from consensus.errors import InvariantViolation, MalformedMessage, invariant
+from consensus.log import Slot
+from consensus.messages import (
+    BATCH_REQUEST_DIGESTS_MAX,
+    BatchRequest,
+    BatchResponse,
+    Checkpoint,
+    Commit,
+    Message,
+    NewView,
+    Prepare,
+    PreparedCert,
+    PrePrepare,
+    ViewChange,
+    decode_checkpoint,
+    decode_message,
+    decode_prepared_cert,
+    sign_message,
+)
+from consensus.output import Certificate, Committed, Output, Record, Send, StateTransfer
+from consensus.view_change import NewViewPlan, check_view_change, plan_new_view
+from crypto.canonical import CanonicalJsonError, canonical_json
+from crypto.hashing import sha256
+from crypto.hexcodec import KEY_HEX_LEN, is_hex
+from crypto.signing import TAG_COMMIT, Signer, Verifier
+
+# Bounds ("put a limit on everything"); past each one, input is dropped and counted.
+VIEWS_AHEAD_MAX = 64  # messages for views further ahead than this are ignored
+PENDING_TXS_MAX = 200_000  # client requests waiting to be ordered
+EARLY_MESSAGES_MAX = 8_192  # normal-case messages for a view whose NEW-VIEW we have not installed
+VERIFY_CACHE_MAX = 65_536  # good signatures remembered (NEW-VIEW re-checks VIEW-CHANGEs)
+DROPPED_KEYS_MAX = 4_096  # distinct (sender, reason) counters
+TIMEOUT_DOUBLINGS_MAX = 16
+# A backup suspects censorship when its oldest request has waited this many timeouts, even if
+# the primary keeps ordering other requests meanwhile.
+CENSORSHIP_TIMEOUTS = 4
+BATCH_REFETCH_TICKS = 10  # re-ask for a missing batch this often
+LOCAL = "local"  # the "sender" under which problems with local input are counted
+STATE_TRANSFER = "state_transfer"
+
+_TX_ARRIVAL = int  # tick at which a pending request arrived
+_Vote = TypeVar("_Vote", PrePrepare, Prepare, Commit)
+NormalCaseMessage = PrePrepare | Prepare | Commit
+
+
+class Replica:
+    """A PBFT replica. The node and the simulator drive it through exactly this interface:
+
+    * ``on_message(wire)``, ``on_requests(txs)``, ``on_tick(now_ms)``,
+      ``on_blocks_fetched(committed)``: each returns an ``Output`` to carry out in order;
+    * read-only ``view``, ``primary``, ``is_primary``, ``last_executed_seq``, ``head_hash``,
+      ``stable_checkpoint``, ``in_view_change``, ``pending_count``, ``public_key``;
+    * ``dropped``: a Counter of (sender, reason) for every peer input that was refused.
+
+    ``records`` are what earlier Outputs asked to persist (see ``consensus.records``);
+    ``last_executed_seq`` and ``head_hash`` come from the ledger (None means genesis_hash).
+    """
+
+    def __init__(
+        self,
+        config: ReplicaConfig,
+        signer: Signer,
+        verifier: Verifier,
+        tx_checker: TxChecker,
+        is_committed: Callable[[str], bool],
+        *,
+        records: Sequence[Record] = (),
+        last_executed_seq: int = 0,
+        head_hash: str | None = None,
+    ) -> None:
+        self._config = config
+        self._signer = signer
+        self._verifier = verifier
+        self._tx_checker = tx_checker
+        self._is_committed = is_committed
+        self._me = signer.public_key
+        self.dropped: Counter[tuple[str, str]] = Counter()
+
+        self._view = 0
+        self._active = True  # False between sending VIEW-CHANGE and installing NEW-VIEW
+        self._last_active_view = 0
+        self._slots: dict[int, Slot] = {}
+        self._batches: dict[str, Batch] = {}  # every batch of the log, by digest
+        self._tx_seq: dict[str, int] = {}  # tx_id -> seq of the current log's batch holding it
+        # Requests in arrival order. OrderedDicts: they are consumed from the front, where a
+        # plain dict would leave a growing run of deleted slots to skip on every scan.
+        self._pending: OrderedDict[str, tuple[Tx, _TX_ARRIVAL]] = OrderedDict()  # not executed
+        self._unbatched: OrderedDict[str, Tx] = OrderedDict()  # pending, in no batch of the log
+        self._prepared_certs: dict[int, PreparedCert] = {}  # highest-view certificate per seq
+        self._ready: dict[int, tuple[str, Certificate]] = {}  # committed-local, not executed
+        self._wanted: dict[str, int] = {}  # missing batch digest -> tick of the last request
+
+        self._last_executed = last_executed_seq
+        self._head_hash = config.genesis_hash if head_hash is None else head_hash
+        self._exec_hashes: dict[int, str] = {last_executed_seq: self._head_hash}
+        self._last_exec_time_ms = 0
+        self._stable_seq = 0
+        self._stable_hash = config.genesis_hash
+        self._stable_proof: tuple[Checkpoint, ...] = ()
+        self._checkpoints: dict[int, dict[str, Checkpoint]] = {}  # inside the window
+        self._far_checkpoints: dict[str, Checkpoint] = {}  # latest per sender beyond the window
+
+        self._view_changes: dict[int, dict[str, ViewChange]] = {}
+        self._sent_view_change: ViewChange | None = None
+        self._sent_new_view: NewView | None = None
+        self._early: list[NormalCaseMessage] = []
+        self._early_per_sender: Counter[str] = Counter()
+        self._batch_answers: dict[str, int] = {}  # sender -> tick of our last BATCH-RESPONSE
+        self._signed_votes: dict[tuple[str, int, int], str] = {}  # (type, view, seq) -> digest
+        self._verified: set[tuple[str, str, str, bytes]] = set()
+
+        self._next_seq = last_executed_seq + 1
+        self._now_ms = 0
+        self._ticks = 0
+        self._batch_wait_ticks = 0
+        self._progress_tick = 0  # last tick at which something executed (or the view changed)
+        self._vc_ticks = 0
+        self._vc_started_ticks = 0  # ticks since q VIEW-CHANGEs for our view were in
+        self._view_start_tick = 0
+        self._lag_ticks = 0
+        self._executed_at_last_tick = last_executed_seq
+        self._transfer_sent: tuple[int, int] | None = None  # (seq, tick) of the last request
+
+        self._out = Output()
+        self._restore(records)
+
+    # ----------------------------------------------------------------------------------------
+    # Read-only state
+    # ----------------------------------------------------------------------------------------
+
+    @property
+    def view(self) -> int:
+        return self._view
+
+    @property
+    def primary(self) -> str:
+        return self._config.primary(self._view)
+
+    @property
+    def is_primary(self) -> bool:
+        return self.primary == self._me
+
+    @property
+    def last_executed_seq(self) -> int:
+        return self._last_executed
+
+    @property
+    def head_hash(self) -> str:
+        return self._head_hash
+
+    @property
+    def stable_checkpoint(self) -> int:
+        return self._stable_seq
+
+    @property
+    def in_view_change(self) -> bool:
+        return not self._active
+
+    @property
+    def pending_count(self) -> int:
+        return len(self._pending)
+
+    @property
+    def public_key(self) -> str:
+        return self._me
+
+    # ----------------------------------------------------------------------------------------
+    # Inputs
+    # ----------------------------------------------------------------------------------------
+
+    def on_message(self, wire: dict[str, Any]) -> Output:
+        """A raw peer message: decode, authenticate, dispatch. Bad input is dropped and counted."""
+        self._out = Output()
+        message = self._authenticate(wire)
+        if message is not None:
+            self._dispatch(message)
+        return self._take()
+
+    def on_requests(self, txs: Sequence[Tx]) -> Output:
+        """Client requests already verified by the caller (OSDI'99 §4.1: the client multicasts,
+        so every replica learns the request and backups can time the primary)."""
+        self._out = Output()
+        for tx in txs:
+            self._add_request(tx)
+        self._try_propose(force=False)
+        return self._take()
+
+    def on_tick(self, now_ms: int) -> Output:
+        """One timer tick. ``now_ms`` stamps batches and bounds their times; never safety."""
+        self._out = Output()
+        self._now_ms = now_ms
+        self._ticks += 1
+        if self._active:
+            self._tick_normal_case()
+            self._tick_retransmit()
+        else:
+            self._tick_view_change()
+        self._tick_state_transfer()
+        self._tick_missing_batches()
+        self._tick_checkpoint_resend()
+        return self._take()
+
+    def on_blocks_fetched(self, committed: Sequence[Committed]) -> Output:
+        """Blocks fetched by state transfer (§4.3): accepted in seq order, each with a commit
+        certificate of q distinct validators' votes, re-emitted for execution."""
+        self._out = Output()
+        for block in sorted(committed, key=lambda c: c.batch.seq):
+            seq = block.batch.seq
+            if seq <= self._last_executed:
+                continue
+            if seq != self._last_executed + 1:
+                self._drop(STATE_TRANSFER, "gap")
+                break
+            reason = self._check_certificate(block)
+            if reason is not None:
+                self._drop(STATE_TRANSFER, reason)
+                break
+            self._ready.pop(seq, None)
+            self._execute(block.batch, block.certificate)
+        self._execute_ready()
+        self._next_seq = max(self._next_seq, self._last_executed + 1)
+        self._try_propose(force=False)
+        return self._take()
+
+    # ----------------------------------------------------------------------------------------
+    # Boundary: decode, authenticate, dispatch
+    # ----------------------------------------------------------------------------------------
+
+    def _authenticate(self, wire: dict[str, Any]) -> Message | None:
+        try:
+            message = decode_message(wire)
+        except MalformedMessage as exc:
+            self._drop(_claimed_sender(wire), f"malformed:{exc.reason}")
+            return None
+        if message.chain_id != self._config.chain_id:
+            self._drop(message.sender, "wrong_chain")
+        elif not self._config.is_validator(message.sender):
+            self._drop(message.sender, "not_validator")
+        elif message.sender == self._me:
+            # Our own key from outside: a loop, a replay or a twin. A key votes once.
+            self._drop(message.sender, "own_key")
+        elif not self._verify(message):
+            self._drop(message.sender, "bad_signature")
+        else:
+            return message
+        return None
+
+    def _dispatch(self, message: Message) -> None:
+        match message:
+            case PrePrepare():
+                self.on_pre_prepare(message)
+            case Prepare():
+                self.on_prepare(message)
+            case Commit():
+                self.on_commit(message)
+            case Checkpoint():
+                self.on_checkpoint(message)
+            case ViewChange():
+                self.on_view_change(message)
+            case NewView():
+                self.on_new_view(message)
+            case BatchRequest():
+                self.on_batch_request(message)
+            case BatchResponse():
+                self.on_batch_response(message)
+
+    def _verify(self, message: Message) -> bool:
+        """Signature check with a bounded cache of good signatures: the same VIEW-CHANGE and
+        prepared certificates are re-checked inside NEW-VIEW, and Ed25519 costs ~70 us."""
+        body = message.signed_body()
+        try:
+            encoded = canonical_json(body)
+        except CanonicalJsonError:
+            return False  # e.g. a lone surrogate in a nested chain_id: nobody can have signed it
+        key = (message.TAG, message.sender, message.signature, sha256(encoded))
+        if key in self._verified:
+            return True
+        if not self._verifier.verify(message.sender, message.TAG, body, message.signature):
+            return False
+        if len(self._verified) >= VERIFY_CACHE_MAX:
+            self._verified.clear()
+        self._verified.add(key)
+        return True
+
+    def _accepts_view(self, message: PrePrepare | Prepare | Commit) -> bool:
+        """§4.2: normal-case messages are accepted only in the current view. Messages for a view
+        whose NEW-VIEW we have not installed yet are kept (bounded) and replayed then, so a
+        reordered PREPARE does not cost a vote."""
+        if message.view < self._view:
+            self._drop(message.sender, "stale_view")
+            return False
+        if message.view > self._view + VIEWS_AHEAD_MAX:
+            self._drop(message.sender, "view_too_far")
+            return False
+        if message.view > self._view or not self._active:
+            self._keep_early(message)
+            return False
+        if not self._in_window(message.seq):
+            self._drop(message.sender, "outside_watermarks")
+            return False
+        return True
+
+    # ----------------------------------------------------------------------------------------
+    # Normal case (OSDI'99 §4.2)
+    # ----------------------------------------------------------------------------------------
+
+    def on_pre_prepare(self, pre_prepare: PrePrepare) -> None:
+        """A backup accepts <PRE-PREPARE, v, n, d> if it is from the primary of its current view
+        v, n is between the watermarks, d is the batch's digest, and it has not accepted another
+        pre-prepare for (v, n) with a different digest; then it multicasts PREPARE."""
+        if not self._accepts_view(pre_prepare):
+            return
+        sender = pre_prepare.sender
+        if sender != self.primary:
+            self._drop(sender, "pre_prepare_not_from_primary")
+            return
+        if pre_prepare.batch is None:
+            self._drop(sender, "pre_prepare_without_batch")
+            return
+        slot = self._slot(pre_prepare.seq)
+        if slot.pre_prepare is not None:
+            if slot.pre_prepare.digest != pre_prepare.digest:
+                self._drop(sender, "equivocation")
+            return
+        if pre_prepare.seq <= self._last_executed:
+            self._drop(sender, "already_executed")
+            return
+        reason = self._check_batch(pre_prepare.batch)
+        if reason is not None:
+            self._drop(sender, reason)
+            return
+        self._accept_pre_prepare(slot, pre_prepare, pre_prepare.batch)
+        self._send_prepare(slot)
+        self._check_prepared(slot)
+
+    def on_prepare(self, prepare: Prepare) -> None:
+        """§4.2: a replica accepts PREPAREs for its view within the watermarks and logs them;
+        the primary does not send one (its pre-prepare stands for it)."""
+        if not self._accepts_view(prepare):
+            return
+        if prepare.sender == self.primary:
+            self._drop(prepare.sender, "prepare_from_primary")
+            return
+        slot = self._slot(prepare.seq)
+        known = slot.prepares.get(prepare.sender)
+        if known is not None:
+            if known.digest != prepare.digest:
+                self._drop(prepare.sender, "conflicting_prepare")
+            return
+        slot.prepares[prepare.sender] = prepare
+        self._check_prepared(slot)
+
+    def on_commit(self, commit: Commit) -> None:
+        """§4.2: COMMITs for the current view within the watermarks are logged; committed-local
+        holds once prepared and q matching COMMITs from distinct replicas are in the log."""
+        if not self._accepts_view(commit):
+            return
+        slot = self._slot(commit.seq)
+        known = slot.commits.get(commit.sender)
+        if known is not None:
+            if known.digest != commit.digest:
+                self._drop(commit.sender, "conflicting_commit")
+            return
+        slot.commits[commit.sender] = commit
+        self._check_committed(slot)
+
+    def _check_batch(self, batch: Batch) -> str | None:
+        """Why an honest backup must not prepare ``batch``, or None (spec §3: never prepare an
+        invalid transaction or one already ordered; ARCHITECTURE §8: refuse absurd times)."""
+        if len(batch.txs) > self._config.batch_size_max:
+            return "batch_too_large"
+        seen: set[str] = set()
+        for tx in batch.txs:
+            if tx.tx_id in seen:
+                return "duplicate_tx_in_batch"
+            seen.add(tx.tx_id)
+            if self._is_committed(tx.tx_id):
+                return "tx_already_committed"
+            other = self._tx_seq.get(tx.tx_id)
+            if other is not None and other != batch.seq:
+                return "tx_in_other_batch"
+            if not self._tx_checker(tx):
+                return "invalid_tx"
+        if batch.is_null:
+            return None
+        if self._now_ms > 0 and abs(batch.time_ms - self._now_ms) > self._config.time_skew_max_ms:
+            return "batch_time_skewed"
+        low, high = self._time_bounds(batch.seq)
+        if not low <= batch.time_ms <= high:
+            return "batch_time_not_monotonic"
+        return None
+
+    def _time_bounds(self, seq: int) -> tuple[int, int]:
+        """Batch times never decrease with seq: bounded by the neighbours already accepted."""
+        low, high = self._last_exec_time_ms, 2**53 - 1
+        for slot in self._slots.values():
+            digest = slot.digest
+            batch = None if digest is None else self._batches.get(digest)
+            if batch is None or batch.is_null or slot.seq == seq:
+                continue
+            if slot.seq < seq:
+                low = max(low, batch.time_ms)
+            else:
+                high = min(high, batch.time_ms)
+        return low, high
+
+    def _accept_pre_prepare(self, slot: Slot, pre_prepare: PrePrepare, batch: Batch | None) -> None:
+        invariant(
+            slot.pre_prepare is None, f"seq {slot.seq} already pre-prepared in view {slot.view}"
+        )
+        invariant(
+            batch is None or batch.digest == pre_prepare.digest, "batch does not match digest"
+        )
+        slot.pre_prepare = pre_prepare.without_batch()
+        if batch is not None:
+            self._remember_batch(batch)
+        self._persist_pre_prepare(slot.seq, dataclasses.replace(pre_prepare, batch=batch))
+
+    def _persist_pre_prepare(self, seq: int, pre_prepare: PrePrepare) -> None:
+        self._persist(rec.seq_record(seq, rec.PHASE_PRE_PREPARE, "message", pre_prepare.to_wire()))
+
+    def _remember_batch(self, batch: Batch) -> None:
+        self._batches[batch.digest] = batch
+        self._wanted.pop(batch.digest, None)
+        for tx in batch.txs:
+            self._tx_seq[tx.tx_id] = batch.seq
+            self._unbatched.pop(tx.tx_id, None)
+
+    def _send_prepare(self, slot: Slot) -> None:
+        if self.is_primary or slot.pre_prepare is None:
+            return
+        prepare = self._sign_vote(
+            Prepare(self._config.chain_id, slot.view, slot.seq, slot.pre_prepare.digest)
+        )
+        slot.prepares[self._me] = prepare
+        self._persist(rec.seq_record(slot.seq, rec.PHASE_PREPARE, "message", prepare.to_wire()))
+        self._broadcast(prepare)
+
+    def _check_prepared(self, slot: Slot) -> None:
+        """prepared(m, v, n, i): the pre-prepare and q - 1 (2f) matching PREPAREs from distinct
+        backups are in the log. Then the replica multicasts COMMIT (§4.2)."""
+        if slot.prepared or slot.pre_prepare is None or not self._active:
+            return
+        prepares = slot.matching_prepares(self._config.primary(slot.view))
+        if len(prepares) < self._config.q - 1:
+            return
+        slot.prepared = True
+        cert = PreparedCert(slot.pre_prepare, tuple(prepares))
+        self._prepared_certs[slot.seq] = cert
+        self._persist(rec.seq_record(slot.seq, rec.PHASE_PREPARED, "certificate", cert.to_wire()))
+        commit = self._sign_vote(Commit(self._config.chain_id, slot.view, slot.seq, cert.digest))
+        slot.commits[self._me] = commit
+        self._persist(rec.seq_record(slot.seq, rec.PHASE_COMMIT, "message", commit.to_wire()))
+        self._broadcast(commit)
+        self._check_committed(slot)
+
+    def _check_committed(self, slot: Slot) -> None:
+        if slot.committed or not slot.prepared:
+            return
+        votes = slot.matching_commits()
+        if len(votes) < self._config.q:
+            return
+        slot.committed = True
+        digest = slot.digest
+        invariant(digest is not None, "a committed slot has a pre-prepare")
+        if slot.seq > self._last_executed and digest is not None:
+            self._ready[slot.seq] = (digest, Certificate(slot.view, votes))
+        self._execute_ready()
+
+    # ----------------------------------------------------------------------------------------
+    # Execution, strictly in seq order, chaining block hashes (spec §4)
+    # ----------------------------------------------------------------------------------------
+
+    def _execute_ready(self) -> None:
+        for seq in [s for s in self._ready if s <= self._last_executed]:
+            del self._ready[seq]
+        while (entry := self._ready.get(self._last_executed + 1)) is not None:
+            digest, certificate = entry
+            batch = self._batches.get(digest)
+            if batch is None:
+                self._request_batches([digest])
+                return
+            del self._ready[self._last_executed + 1]
+            self._execute(batch, certificate)
+
+    def _execute(self, batch: Batch, certificate: Certificate) -> None:
+        invariant(
+            batch.seq == self._last_executed + 1,
+            f"executing {batch.seq} after {self._last_executed}",
+        )
+        self._out.committed.append(Committed(batch, certificate))
+        self._head_hash = block_hash(batch.seq, self._head_hash, batch.digest)
+        self._last_executed = batch.seq
+        self._progress_tick = self._ticks
+        if not batch.is_null:
+            self._last_exec_time_ms = max(self._last_exec_time_ms, batch.time_ms)
+        for tx in batch.txs:
+            self._pending.pop(tx.tx_id, None)
+            self._unbatched.pop(tx.tx_id, None)
+        if batch.seq % self._config.checkpoint_interval == 0:
+            self._exec_hashes[batch.seq] = self._head_hash
+            self._send_checkpoint(batch.seq, self._head_hash)
+
+    # ----------------------------------------------------------------------------------------
+    # Checkpoints and garbage collection (OSDI'99 §4.3)
+    # ----------------------------------------------------------------------------------------
+
+    def _send_checkpoint(self, seq: int, state_hash: str) -> None:
+        checkpoint = sign_message(self._signer, Checkpoint(self._config.chain_id, seq, state_hash))
+        self._persist(rec.seq_record(seq, rec.PHASE_CHECKPOINT, "message", checkpoint.to_wire()))
+        self._broadcast(checkpoint)
+        if seq > self._stable_seq:
+            self._checkpoints.setdefault(seq, {})[self._me] = checkpoint
+            self._try_stabilize(seq)
+
+    def on_checkpoint(self, checkpoint: Checkpoint) -> None:
+        """§4.3: CHECKPOINTs are logged until q matching ones from distinct replicas make the
+        checkpoint stable. One from far beyond the window tells us we are behind."""
+        seq, sender = checkpoint.seq, checkpoint.sender
+        if seq % self._config.checkpoint_interval:
+            self._drop(sender, "checkpoint_seq_not_multiple_of_k")
+            return
+        if seq <= self._stable_seq:
+            return
+        if seq > self._stable_seq + self._config.watermark_window:
+            known_far = self._far_checkpoints.get(sender)
+            if known_far is None or known_far.seq < seq:
+                self._far_checkpoints[sender] = checkpoint
+            self._check_state_transfer()
+            return
+        votes = self._checkpoints.setdefault(seq, {})
+        known = votes.get(sender)
+        if known is not None:
+            if known.block_hash != checkpoint.block_hash:
+                self._drop(sender, "conflicting_checkpoint")
+            return
+        votes[sender] = checkpoint
+        self._try_stabilize(seq)
+
+    def _try_stabilize(self, seq: int) -> None:
+        if seq <= self._stable_seq:
+            return
+        # Checkpoints that arrived while this seq was beyond our window count now.
+        for sender, far in list(self._far_checkpoints.items()):
+            if far.seq == seq:
+                self._checkpoints.setdefault(seq, {}).setdefault(sender, far)
+        by_hash: dict[str, list[Checkpoint]] = {}
+        for checkpoint in self._checkpoints.get(seq, {}).values():
+            by_hash.setdefault(checkpoint.block_hash, []).append(checkpoint)
+        for state_hash, proof in by_hash.items():
+            if len(proof) < self._config.q or self._last_executed < seq:
+                continue  # not a quorum, or we must first catch up (state transfer)
+            mine = self._exec_hashes.get(seq)
+            if mine is not None and mine != state_hash:
+                # q validators vouch for a history we did not execute: more than f are faulty.
+                self._drop(LOCAL, "checkpoint_quorum_disagrees")
+                continue
+            self._make_stable(seq, state_hash, tuple(sorted(proof, key=lambda c: c.sender)))
+            self._try_propose(force=False)
+            return
+
+    def _make_stable(self, seq: int, state_hash: str, proof: tuple[Checkpoint, ...]) -> None:
+        """The checkpoint becomes stable: discard the log up to it and move the watermarks."""
+        invariant(
+            seq > self._stable_seq, f"stable checkpoint going back from {self._stable_seq} to {seq}"
+        )
+        self._stable_seq, self._stable_hash, self._stable_proof = seq, state_hash, proof
+        self._persist(
+            Record(
+                rec.KEY_STABLE,
+                {
+                    "stable_seq": seq,
+                    "block_hash": state_hash,
+                    "proof": [c.to_wire() for c in proof],
+                },
+            )
+        )
+        self._out.discard_below = max(self._out.discard_below or 0, seq)
+        self._slots = {s: slot for s, slot in self._slots.items() if s > seq}
+        self._ready = {s: entry for s, entry in self._ready.items() if s > seq}
+        self._prepared_certs = {s: c for s, c in self._prepared_certs.items() if s > seq}
+        self._checkpoints = {s: v for s, v in self._checkpoints.items() if s > seq}
+        self._far_checkpoints = {k: c for k, c in self._far_checkpoints.items() if c.seq > seq}
+        self._exec_hashes = {s: h for s, h in self._exec_hashes.items() if s >= seq}
+        self._batches = {d: b for d, b in self._batches.items() if b.seq > seq}
+        self._tx_seq = {t: s for t, s in self._tx_seq.items() if s > seq}
+        self._signed_votes = {k: d for k, d in self._signed_votes.items() if k[2] > seq}
+        self._set_early([m for m in self._early if m.seq > seq])
+        self._next_seq = max(self._next_seq, seq + 1)
+
+    # ----------------------------------------------------------------------------------------
+    # State transfer (§4.3: a replica that learns of a checkpoint beyond its log fetches it)
+    # ----------------------------------------------------------------------------------------
+
+    def _transfer_target(self) -> tuple[int, str, tuple[str, ...]] | None:
+        """The highest checkpoint above what we executed that f + 1 distinct validators vouch
+        for: at least one of them is honest, so that history is committed. The fetched blocks
+        are checked against their commit certificates anyway; f + 1 only avoids chasing a lie."""
+        if self._stable_seq > self._last_executed:
+            senders = tuple(c.sender for c in self._stable_proof if c.sender != self._me)
+            return self._stable_seq, self._stable_hash, senders
+        vouchers: dict[tuple[int, str], set[str]] = {}
+        candidates = [c for votes in self._checkpoints.values() for c in votes.values()]
+        candidates.extend(self._far_checkpoints.values())
+        for checkpoint in candidates:
+            if checkpoint.seq > self._last_executed and checkpoint.sender != self._me:
+                vouchers.setdefault((checkpoint.seq, checkpoint.block_hash), set()).add(
+                    checkpoint.sender
+                )
+        good = [(k, v) for k, v in vouchers.items() if len(v) >= self._config.f + 1]
+        if not good:
+            return None
+        (best_seq, best_hash), vouching = max(good, key=lambda item: item[0])
+        return best_seq, best_hash, tuple(sorted(vouching))
+
+    def _check_state_transfer(self) -> None:
+        target = self._transfer_target()
+        if target is None:
+            return
+        seq, state_hash, peers = target
+        beyond_log = seq > self._stable_seq + self._config.watermark_window
+        if not beyond_log and self._lag_ticks < 2 and self._stable_seq <= self._last_executed:
+            return
+        if self._transfer_sent is not None:
+            sent_seq, sent_tick = self._transfer_sent
+            if sent_seq >= seq and self._ticks - sent_tick < self._config.view_change_timeout_ticks:
+                return  # already asked; give the driver time before asking again
+        self._transfer_sent = (seq, self._ticks)
+        self._out.state_transfer = StateTransfer(seq, state_hash, peers)
+
+    def _tick_state_transfer(self) -> None:
+        # Lagging = someone vouches for a checkpoint we have not reached and our execution has
+        # not moved for two ticks: messages for the missing seqs were lost or discarded.
+        if self._last_executed != self._executed_at_last_tick or self._transfer_target() is None:
+            self._lag_ticks = 0
+        else:
+            self._lag_ticks += 1
+        self._executed_at_last_tick = self._last_executed
+        self._check_state_transfer()
+
+    def _check_certificate(self, block: Committed) -> str | None:
+        """Spec §4: q valid votes over (chain_id, seq, view, digest) from distinct validators."""
+        batch, certificate = block.batch, block.certificate
+        if batch.chain_id != self._config.chain_id:
+            return "wrong_chain"
+        if not isinstance(certificate.view, int) or certificate.view < 0:
+            return "bad_certificate_view"
+        body = commit_vote_body(batch.chain_id, batch.seq, certificate.view, batch.digest)
+        good = sum(
+            1
+            for key, signature in certificate.signatures.items()
+            if self._config.is_validator(key)
+            and self._verifier.verify(key, TAG_COMMIT, body, signature)
+        )
+        return None if good >= self._config.q else "bad_certificate"
+
+    # ----------------------------------------------------------------------------------------
+    # The primary: batching and pipelining
+    # ----------------------------------------------------------------------------------------
+
+    def _add_request(self, tx: Tx) -> None:
+        if tx.tx_id in self._pending or self._is_committed(tx.tx_id):
+            return  # each request is ordered at most once
+        if len(self._pending) >= PENDING_TXS_MAX:
+            self._drop(LOCAL, "pending_full")
+            return
+        # Timed until executed, even if a batch in the log already holds it: that batch may
+        # never commit, and the timer is what replaces a primary that stalls it.
+        self._pending[tx.tx_id] = (tx, self._ticks)
+        if tx.tx_id not in self._tx_seq:
+            self._unbatched[tx.tx_id] = tx
+
+    def _try_propose(self, force: bool) -> None:
+        """§4.2 with batching: cut a batch when it is full, or (``force``) when the batch delay
+        ran out; keep at most pipeline_depth_max in flight, all within [h, h + L]."""
+        if not (self._active and self.is_primary):
+            return
+        if self._missing_digests():
+            # A re-proposed batch is missing: until it arrives we cannot tell which requests it
+            # holds, and proposing them again would make backups refuse the new batch.
+            return
+        while self._unbatched and self._now_ms > 0:
+            if self._next_seq > self._stable_seq + self._config.watermark_window:
+                return
+            if self._next_seq - 1 - self._last_executed >= self._config.pipeline_depth_max:
+                return
+            txs = self._next_batch_txs()
+            if not txs or (len(txs) < self._config.batch_size_max and not force):
+                return
+            self._propose(txs)
+            self._batch_wait_ticks = 0
+
+    def _next_batch_txs(self) -> list[Tx]:
+        """The oldest requests not yet ordered, at most batch_size_max of them."""
+        txs: list[Tx] = []
+        stale: list[str] = []
+        for tx_id, tx in self._unbatched.items():
+            if len(txs) >= self._config.batch_size_max:
+                break
+            if self._is_committed(tx_id) or tx_id in self._tx_seq:
+                stale.append(tx_id)
+            else:
+                txs.append(tx)
+        for tx_id in stale:
+            del self._unbatched[tx_id]
+            if self._is_committed(tx_id):
+                self._pending.pop(tx_id, None)
+        return txs
+
+    def _propose(self, txs: list[Tx]) -> None:
+        seq = self._next_seq
+        self._next_seq += 1
+        slot = self._slot(seq)
+        time_ms = max(self._now_ms, self._time_bounds(seq)[0])
+        batch = Batch(self._config.chain_id, seq, time_ms, tuple(txs))
+        pre_prepare = self._sign_vote(
+            PrePrepare(self._config.chain_id, self._view, seq, batch.digest, batch)
+        )
+        self._accept_pre_prepare(slot, pre_prepare, batch)
+        self._broadcast(pre_prepare)
+        self._check_prepared(slot)
+
+    # ----------------------------------------------------------------------------------------
+    # Timers
+    # ----------------------------------------------------------------------------------------
+
+    def _timeout_ticks(self) -> int:
+        """§4.5.2: if a view change fails, the next timeout is twice as long."""
+        doublings = max(0, self._view - self._last_active_view - 1)
+        return self._config.view_change_timeout_ticks << min(doublings, TIMEOUT_DOUBLINGS_MAX)
+
+    def _tick_normal_case(self) -> None:
+        if self.is_primary:
+            if self._unbatched:
+                self._batch_wait_ticks += 1
+                if self._batch_wait_ticks >= self._config.batch_delay_ticks:
+                    self._try_propose(force=True)
+            return
+        if self._request_timer_expired():
+            self._start_view_change(self._view + 1)
+
+    def _tick_retransmit(self) -> None:
+        """The paper assumes lost messages are retransmitted. When execution has stalled for half
+        a timeout, resend what we signed for the stalled seqs of this view (the primary with its
+        batch); receivers ignore duplicates, so this is safe and bounded by the window."""
+        period = max(1, self._config.view_change_timeout_ticks // 2)
+        if self._ticks - self._progress_tick < period or self._ticks % period:
+            return
+        for seq in sorted(self._slots):
+            slot = self._slots[seq]
+            if seq <= self._last_executed or slot.view != self._view or slot.pre_prepare is None:
+                continue
+            batch = self._batches.get(slot.pre_prepare.digest)
+            if self.is_primary and batch is not None:
+                self._broadcast(dataclasses.replace(slot.pre_prepare, batch=batch))
+            for own in (slot.prepares.get(self._me), slot.commits.get(self._me)):
+                if own is not None:
+                    self._broadcast(own)
+
+    def _request_timer_expired(self) -> bool:
+        """§4.4: a backup waiting to execute a request starts a timer; it expires when the oldest
+        request has waited a timeout with no execution meanwhile, or several timeouts in all (so
+        a primary that orders other requests cannot censor one forever)."""
+        if not self._pending:
+            return False
+        _, arrival = next(iter(self._pending.values()))
+        waited = self._ticks - max(arrival, self._view_start_tick)
+        timeout = self._timeout_ticks()
+        stalled = self._ticks - max(self._progress_tick, self._view_start_tick) >= timeout
+        return waited >= timeout and (stalled or waited >= CENSORSHIP_TIMEOUTS * timeout)
+
+    def _tick_view_change(self) -> None:
+        """§4.4: the view-change timer starts once q VIEW-CHANGEs for the view are in; if it
+        expires before a valid NEW-VIEW, move on to the next view (with a doubled timeout).
+        Meanwhile our own VIEW-CHANGE is re-sent now and then, in case it was lost."""
+        self._vc_ticks += 1
+        # Resend halfway through the timeout, so that a primary which already installed the
+        # view can answer with its NEW-VIEW (_help_laggard) before we give up on the view.
+        own = self._sent_view_change
+        resend_period = max(1, self._config.view_change_timeout_ticks // 2)
+        if self._vc_ticks % resend_period == 0 and own is not None and own.view == self._view:
+            self._broadcast(own)
+        if len(self._view_changes.get(self._view, {})) >= self._config.q:
+            self._vc_started_ticks += 1
+            if self._vc_started_ticks >= self._timeout_ticks():
+                self._start_view_change(self._view + 1)
+
+    def _tick_checkpoint_resend(self) -> None:
+        """Our latest checkpoint is not stable yet: some CHECKPOINTs may have been lost, and the
+        watermarks cannot move without them. Resend ours now and then (they are idempotent)."""
+        latest = self._last_executed - self._last_executed % self._config.checkpoint_interval
+        if latest > self._stable_seq and self._ticks % BATCH_REFETCH_TICKS == 0:
+            own = self._checkpoints.get(latest, {}).get(self._me)
+            if own is not None:
+                self._broadcast(own)
+        # Once in a while, even when idle, say where we are: a replica that missed the last
+        # checkpoints (it was down, or they were lost) learns from f + 1 of these that it is
+        # behind and fetches the blocks, instead of waiting for new traffic.
+        elif self._ticks % self._config.view_change_timeout_ticks == 0:
+            stable = next((c for c in self._stable_proof if c.sender == self._me), None)
+            if stable is not None:
+                self._broadcast(stable)
+
+    def _tick_missing_batches(self) -> None:
+        # Forget digests nothing in the log needs any more (GC'd, or replaced by a view change).
+        missing = self._missing_digests()
+        needed = set(missing)
+        self._wanted = {d: tick for d, tick in self._wanted.items() if d in needed}
+        due = [
+            d
+            for d in missing
+            if d not in self._wanted or self._ticks - self._wanted[d] >= BATCH_REFETCH_TICKS
+        ]
+        if due:
+            self._send_batch_requests(due)
+
+    # ----------------------------------------------------------------------------------------
+    # View changes (OSDI'99 §4.4)
+    # ----------------------------------------------------------------------------------------
+
+    def _start_view_change(self, new_view: int) -> None:
+        """Move to view v + 1: stop accepting normal-case messages and multicast VIEW-CHANGE
+        with the stable checkpoint's proof C and a prepared certificate for every prepared seq
+        above it (P)."""
+        invariant(new_view > self._view, f"view change from {self._view} to {new_view}")
+        if self._active:
+            self._last_active_view = self._view
+        self._view, self._active = new_view, False
+        self._vc_ticks = self._vc_started_ticks = 0
+        self._view_start_tick = self._ticks
+        self._slots = {}  # the old view's votes are worthless now; prepared certificates remain
+        self._persist(rec.view_record(new_view, active=False))
+        prepared = tuple(
+            self._prepared_certs[s] for s in sorted(self._prepared_certs) if s > self._stable_seq
+        )
+        invariant(
+            self._sent_view_change is None or self._sent_view_change.view < new_view,
+            f"a second VIEW-CHANGE for view {new_view}",
+        )
+        view_change = sign_message(
+            self._signer,
+            ViewChange(
+                self._config.chain_id,
+                new_view,
+                self._stable_seq,
+                self._stable_hash,
+                self._stable_proof,
+                prepared,
+            ),
+        )
+        self._sent_view_change = view_change
+        self._persist(Record(rec.KEY_VIEW_CHANGE, {"message": view_change.to_wire()}))
+        self._broadcast(view_change)
+        self._view_changes = {v: vcs for v, vcs in self._view_changes.items() if v >= new_view}
+        self._view_changes.setdefault(new_view, {})[self._me] = view_change
+        self._set_early([m for m in self._early if m.view >= new_view])
+        self._try_new_view()
+
+    def on_view_change(self, view_change: ViewChange) -> None:
+        """§4.4: log a valid VIEW-CHANGE for a view above ours; with f + 1 of them for higher
+        views, join the smallest; the new primary sends NEW-VIEW once it holds q."""
+        sender, view = view_change.sender, view_change.view
+        if view > self._view + VIEWS_AHEAD_MAX:
+            self._drop(sender, "view_too_far")
+            return
+        if view < self._view or (view == self._view and self._active):
+            self._help_laggard(view_change)
+            return
+        per_view = self._view_changes.setdefault(view, {})
+        if sender in per_view:
+            return
+        reason = check_view_change(self._config, self._verify, view_change)
+        if reason is not None:
+            self._drop(sender, f"bad_view_change:{reason}")
+            return
+        per_view[sender] = view_change
+        self._maybe_join_higher_view()
+        if view == self._view and not self._active:
+            self._try_new_view()
+
+    def _help_laggard(self, view_change: ViewChange) -> None:
+        """A replica still asking for the view we already installed missed our NEW-VIEW."""
+        nv = self._sent_new_view
+        if nv is not None and nv.view == view_change.view == self._view:
+            self._out.sends.append(Send(nv.to_wire(), to=view_change.sender))
+
+    def _maybe_join_higher_view(self) -> None:
+        """§4.5.2: f + 1 replicas asking for views above ours include an honest one: join the
+        smallest such view without waiting for our own timer."""
+        lowest: dict[str, int] = {}
+        for view, per_view in self._view_changes.items():
+            if view <= self._view:
+                continue
+            for sender in per_view:
+                if sender != self._me:
+                    lowest[sender] = min(lowest.get(sender, view), view)
+        if len(lowest) >= self._config.f + 1:
+            self._start_view_change(min(lowest.values()))
+
+    def _try_new_view(self) -> None:
+        """§4.4: the primary of v + 1 with q VIEW-CHANGEs computes O and multicasts NEW-VIEW."""
+        if self._active or self._config.primary(self._view) != self._me:
+            return
+        if self._sent_new_view is not None and self._sent_new_view.view == self._view:
+            return
+        per_view = self._view_changes.get(self._view, {})
+        if len(per_view) < self._config.q:
+            return
+        others = [per_view[s] for s in sorted(per_view) if s != self._me]
+        chosen = ([per_view[self._me]] if self._me in per_view else []) + others
+        chosen = chosen[: self._config.q]
+        plan = plan_new_view(self._config, chosen)
+        pre_prepares = tuple(
+            self._sign_vote(PrePrepare(self._config.chain_id, self._view, seq, digest, None))
+            for seq, digest in plan.proposals
+        )
+        new_view = sign_message(
+            self._signer, NewView(self._config.chain_id, self._view, tuple(chosen), pre_prepares)
+        )
+        self._sent_new_view = new_view
+        self._persist(Record(rec.KEY_NEW_VIEW, {"message": new_view.to_wire()}))
+        self._broadcast(new_view)
+        self._install_new_view(new_view, plan)
+
+    def on_new_view(self, new_view: NewView) -> None:
+        """§4.4: a backup accepts NEW-VIEW for v + 1 if it is signed by the primary of v + 1,
+        its VIEW-CHANGEs are valid and for v + 1, and O is what it computes from them itself."""
+        sender, view = new_view.sender, new_view.view
+        if view < self._view or (view == self._view and self._active):
+            return
+        if view > self._view + VIEWS_AHEAD_MAX:
+            self._drop(sender, "view_too_far")
+            return
+        if sender != self._config.primary(view):
+            self._drop(sender, "new_view_not_from_primary")
+            return
+        checked = self._check_new_view(new_view)
+        if isinstance(checked, str):
+            self._drop(sender, f"bad_new_view:{checked}")
+            return
+        self._install_new_view(new_view, checked)
+
+    def _check_new_view(self, new_view: NewView) -> NewViewPlan | str:
+        senders: set[str] = set()
+        for vc in new_view.view_changes:
+            if vc.view != new_view.view:
+                return "view_change_for_other_view"
+            if not self._config.is_validator(vc.sender) or vc.sender in senders:
+                return "view_change_bad_sender"
+            if not self._verify(vc):
+                return "view_change_bad_signature"
+            reason = check_view_change(self._config, self._verify, vc)
+            if reason is not None:
+                return reason
+            senders.add(vc.sender)
+        if len(senders) < self._config.q:
+            return "too_few_view_changes"
+        plan = plan_new_view(self._config, new_view.view_changes)
+        if tuple((p.seq, p.digest) for p in new_view.pre_prepares) != plan.proposals:
+            return "proposals_differ"
+        for pre_prepare in new_view.pre_prepares:
+            if (pre_prepare.chain_id, pre_prepare.view, pre_prepare.sender) != (
+                self._config.chain_id,
+                new_view.view,
+                new_view.sender,
+            ) or not self._verify(pre_prepare):
+                return "bad_pre_prepare"
+        return plan
+
+    def _install_new_view(self, new_view: NewView, plan: NewViewPlan) -> None:
+        """Enter view v + 1: adopt the latest stable checkpoint among the VIEW-CHANGEs, log the
+        re-proposals in O as pre-prepares and (backups) multicast PREPAREs for them."""
+        self._view, self._active = new_view.view, True
+        self._last_active_view = new_view.view
+        self._view_start_tick = self._progress_tick = self._ticks
+        self._batch_wait_ticks = 0
+        self._persist(rec.view_record(new_view.view, active=True))
+        self._view_changes = {v: vcs for v, vcs in self._view_changes.items() if v > new_view.view}
+        if plan.min_s > self._stable_seq:
+            self._make_stable(plan.min_s, plan.stable_block_hash, plan.checkpoint_proof)
+        self._slots = {}
+        self._tx_seq = {}
+        missing: list[str] = []
+        for pre_prepare in new_view.pre_prepares:
+            if pre_prepare.seq <= self._stable_seq:
+                continue
+            batch = self._batches.get(pre_prepare.digest)
+            null = Batch.null(self._config.chain_id, pre_prepare.seq)
+            if batch is None and null.digest == pre_prepare.digest:
+                batch = null
+            if batch is None and pre_prepare.seq > self._last_executed:
+                missing.append(pre_prepare.digest)
+            slot = self._slot(pre_prepare.seq)
+            self._accept_pre_prepare(slot, pre_prepare, batch)
+            self._send_prepare(slot)
+        self._request_batches(missing)
+        self._unbatched = OrderedDict(
+            (t, tx) for t, (tx, _) in self._pending.items() if t not in self._tx_seq
+        )
+        highest = max((p.seq for p in new_view.pre_prepares), default=0)
+        self._next_seq = max(self._last_executed, self._stable_seq, highest) + 1
+        self._replay_early()
+        self._check_state_transfer()
+        self._try_propose(force=False)
+
+    def _keep_early(self, message: NormalCaseMessage) -> None:
+        """Bounded per sender, so a faulty replica cannot crowd out the honest ones' votes."""
+        if self._early_per_sender[message.sender] >= EARLY_MESSAGES_MAX // self._config.n:
+            self._drop(message.sender, "early_buffer_full")
+            return
+        self._early.append(message)
+        self._early_per_sender[message.sender] += 1
+
+    def _set_early(self, messages: list[NormalCaseMessage]) -> None:
+        self._early = messages
+        self._early_per_sender = Counter(m.sender for m in messages)
+
+    def _replay_early(self) -> None:
+        replay = [m for m in self._early if m.view == self._view]
+        self._set_early([m for m in self._early if m.view > self._view])
+        for message in replay:
+            self._dispatch(message)
+
+    # ----------------------------------------------------------------------------------------
+    # Fetching batches by digest
+    # ----------------------------------------------------------------------------------------
+
+    def _missing_digests(self) -> list[str]:
+        """Batches the log needs but does not hold: accepted pre-prepares of this view (from a
+        NEW-VIEW) and committed seqs waiting for execution, above what we executed."""
+        needed = {digest for digest, _ in self._ready.values()}
+        needed.update(
+            slot.pre_prepare.digest
+            for seq, slot in self._slots.items()
+            if seq > self._last_executed
+            and slot.view == self._view
+            and slot.pre_prepare is not None
+        )
+        return sorted(d for d in needed if d not in self._batches)  # sorted: deterministic
+
+    def _request_batches(self, digests: Iterable[str]) -> None:
+        fresh = [
+            d for d in dict.fromkeys(digests) if d not in self._batches and d not in self._wanted
+        ]
+        if fresh:
+            self._send_batch_requests(fresh)
+
+    def _send_batch_requests(self, digests: list[str]) -> None:
+        for digest in digests:
+            self._wanted[digest] = self._ticks
+        for start in range(0, len(digests), BATCH_REQUEST_DIGESTS_MAX):
+            chunk = tuple(digests[start : start + BATCH_REQUEST_DIGESTS_MAX])
+            self._broadcast(sign_message(self._signer, BatchRequest(self._config.chain_id, chunk)))
+
+    def on_batch_request(self, request: BatchRequest) -> None:
+        """Batches certify themselves by digest, so any replica may answer for any other."""
+        if self._batch_answers.get(request.sender) == self._ticks:
+            self._drop(request.sender, "batch_request_rate")  # one answer per peer per tick
+            return
+        batches = tuple(self._batches[d] for d in request.digests if d in self._batches)
+        if batches:
+            self._batch_answers[request.sender] = self._ticks
+            response = sign_message(self._signer, BatchResponse(self._config.chain_id, batches))
+            self._out.sends.append(Send(response.to_wire(), to=request.sender))
+
+    def on_batch_response(self, response: BatchResponse) -> None:
+        for batch in response.batches:
+            if batch.digest not in self._wanted:
+                self._drop(response.sender, "unsolicited_batch")
+                continue
+            self._remember_batch(batch)
+            slot = self._slots.get(batch.seq)
+            if slot is not None and slot.pre_prepare is not None and slot.digest == batch.digest:
+                self._persist_pre_prepare(
+                    batch.seq, dataclasses.replace(slot.pre_prepare, batch=batch)
+                )
+        self._execute_ready()
+
+    # ----------------------------------------------------------------------------------------
+    # Restart: rebuild from what earlier Outputs persisted
+    # ----------------------------------------------------------------------------------------
+
+    def _restore(self, records: Sequence[Record]) -> None:
+        """Rebuild view, stable checkpoint, our signed votes and the current view's log, so that
+        a restarted replica never signs something conflicting for a (view, seq, phase)."""
+        per_seq: dict[int, dict[str, dict[str, Any]]] = {}
+        for record in records:
+            try:
+                self._restore_one(record, per_seq)
+            except (MalformedMessage, KeyError, TypeError, ValueError) as exc:
+                raise InvariantViolation(f"record {record.key!r} is corrupt: {exc}") from exc
+        for seq in sorted(per_seq):
+            try:
+                self._restore_seq(seq, per_seq[seq])
+            except (MalformedMessage, KeyError, TypeError, ValueError) as exc:
+                raise InvariantViolation(f"records of seq {seq} are corrupt: {exc}") from exc
+        if not self._active:
+            self._last_active_view = max(0, self._view - 1)
+        else:
+            self._last_active_view = self._view
+        if self._sent_view_change is not None and self._sent_view_change.view == self._view:
+            self._view_changes.setdefault(self._view, {})[self._me] = self._sent_view_change
+        highest = max(
+            (s for s, slot in self._slots.items() if slot.pre_prepare is not None), default=0
+        )
+        self._next_seq = max(self._last_executed, self._stable_seq, highest) + 1
+
+    def _restore_one(self, record: Record, per_seq: dict[int, dict[str, dict[str, Any]]]) -> None:
+        value = record.value
+        if record.key == rec.KEY_VIEW:
+            self._view, self._active = int(value["view"]), bool(value["active"])
+        elif record.key == rec.KEY_STABLE:
+            self._stable_seq = int(value["stable_seq"])
+            self._stable_hash = str(value["block_hash"])
+            self._stable_proof = tuple(decode_checkpoint(c) for c in value["proof"])
+        elif record.key == rec.KEY_VIEW_CHANGE:
+            message = decode_message(value["message"])
+            invariant(isinstance(message, ViewChange), "view_change record holds another message")
+            self._sent_view_change = message if isinstance(message, ViewChange) else None
+        elif record.key == rec.KEY_NEW_VIEW:
+            message = decode_message(value["message"])
+            invariant(isinstance(message, NewView), "new_view record holds another message")
+            self._sent_new_view = message if isinstance(message, NewView) else None
+            if isinstance(message, NewView):
+                for pre_prepare in message.pre_prepares:
+                    self._note_signed(pre_prepare)
+        else:
+            parsed = rec.parse_seq_key(record.key)
+            invariant(parsed is not None, f"unknown record key {record.key!r}")
+            if parsed is not None:
+                per_seq.setdefault(parsed[0], {})[parsed[1]] = value
+
+    def _restore_seq(self, seq: int, phases: dict[str, dict[str, Any]]) -> None:
+        if seq <= self._stable_seq:
+            return  # below the stable checkpoint: the driver may not have discarded it yet
+        messages = {
+            phase: decode_message(value["message"])
+            for phase, value in phases.items()
+            if phase != rec.PHASE_PREPARED
+        }
+        for message in messages.values():
+            if isinstance(message, PrePrepare | Prepare | Commit) and message.sender == self._me:
+                self._note_signed(message)
+        checkpoint = messages.get(rec.PHASE_CHECKPOINT)
+        if isinstance(checkpoint, Checkpoint):
+            self._checkpoints.setdefault(seq, {})[self._me] = checkpoint
+        cert = None
+        if rec.PHASE_PREPARED in phases:
+            cert = decode_prepared_cert(phases[rec.PHASE_PREPARED]["certificate"])
+            self._prepared_certs[seq] = cert
+        pre_prepare = messages.get(rec.PHASE_PRE_PREPARE)
+        if (
+            not isinstance(pre_prepare, PrePrepare)
+            or pre_prepare.view != self._view
+            or not self._active
+        ):
+            return
+        slot = self._slot(seq)
+        slot.pre_prepare = pre_prepare.without_batch()
+        if pre_prepare.batch is not None:
+            self._remember_batch(pre_prepare.batch)
+        own_prepare, own_commit = messages.get(rec.PHASE_PREPARE), messages.get(rec.PHASE_COMMIT)
+        if isinstance(own_prepare, Prepare) and (own_prepare.view, own_prepare.digest) == (
+            self._view,
+            slot.digest,
+        ):
+            slot.prepares[self._me] = own_prepare
+        if isinstance(own_commit, Commit) and (own_commit.view, own_commit.digest) == (
+            self._view,
+            slot.digest,
+        ):
+            slot.commits[self._me] = own_commit
+        if cert is not None and cert.view == self._view and cert.digest == slot.digest:
+            slot.prepares.update({p.sender: p for p in cert.prepares})
+            slot.prepared = True
+
+    def _note_signed(self, message: PrePrepare | Prepare | Commit) -> None:
+        self._signed_votes[(message.TYPE, message.view, message.seq)] = message.digest
+
+    # ----------------------------------------------------------------------------------------
+    # Helpers
+    # ----------------------------------------------------------------------------------------
+
+    def _sign_vote(self, message: _Vote) -> _Vote:
+        """Sign a vote, refusing (as a bug) to sign two digests for one (view, seq, phase)."""
+        key = (message.TYPE, message.view, message.seq)
+        known = self._signed_votes.get(key)
+        invariant(known is None or known == message.digest, f"equivocation: second {key} vote")
+        self._signed_votes[key] = message.digest
+        return sign_message(self._signer, message)
+
+    def _slot(self, seq: int) -> Slot:
+        slot = self._slots.get(seq)
+        if slot is None or slot.view != self._view:
+            slot = Slot(self._view, seq)
+            self._slots[seq] = slot
+        return slot
+
+    def _in_window(self, seq: int) -> bool:
+        return self._stable_seq < seq <= self._stable_seq + self._config.watermark_window
+
+    def _broadcast(self, message: Message) -> None:
+        self._out.sends.append(Send(message.to_wire()))
+
+    def _persist(self, record: Record) -> None:
+        self._out.persist.append(record)
+
+    def _drop(self, sender: str, reason: str) -> None:
+        key = (sender, reason)
+        if key not in self.dropped and len(self.dropped) >= DROPPED_KEYS_MAX:
+            key = ("overflow", reason)  # claimed senders are attacker-chosen: bound the keys
+        self.dropped[key] += 1
+
+    def _take(self) -> Output:
+        out, self._out = self._out, Output()
+        return out
+
+
+def _claimed_sender(wire: object) -> str:
+    sender = wire.get("sender") if isinstance(wire, dict) else None
+    return sender if isinstance(sender, str) and is_hex(sender, KEY_HEX_LEN) else "unknown"
