@@ -1,0 +1,186 @@
+"""Prometheus metrics of one node, in a registry of its own (never the global one, so that
+several nodes or tests in one process do not collide).
+
+======================================  =========  ==========================================
+metric                                  type       meaning
+======================================  =========  ==========================================
+``phalanx_committed_seq``               gauge      last executed sequence number
+``phalanx_view``                        gauge      current view
+``phalanx_view_changes_total``          counter    views entered after the first
+``phalanx_in_view_change``              gauge      1 while a view change is under way
+``phalanx_stable_checkpoint``           gauge      seq of the last stable checkpoint
+``phalanx_pending_pool_size``           gauge      transactions in the pending pool
+``phalanx_committed_txs_total``         counter    transactions executed (rate = throughput)
+``phalanx_failed_txs_total``            counter    executed transactions whose result is not ok
+``phalanx_commit_latency_seconds``      histogram  submission to this node -> execution
+``phalanx_dropped_peer_messages_total`` counter    peer input refused, by ``reason``
+``phalanx_event_subscribers``           gauge      connected ``/v1/events`` clients
+======================================  =========  ==========================================
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+# The *_created series (process-wide switch) only add noise to a node's scrape.
+disable_created_metrics()  # type: ignore[no-untyped-call]
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+LATENCY_BUCKETS_S = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+)  # fmt: skip
+DROP_REASONS_MAX = 256  # distinct reason labels; more are counted under "other"
+
+
+class ReplicaView(Protocol):
+    """What the metrics read from the replica."""
+
+    @property
+    def view(self) -> int: ...
+
+    @property
+    def last_executed_seq(self) -> int: ...
+
+    @property
+    def stable_checkpoint(self) -> int: ...
+
+    @property
+    def in_view_change(self) -> bool: ...
+
+    @property
+    def dropped(self) -> Mapping[tuple[str, str], int]: ...
+
+
+class Sized(Protocol):
+    def __len__(self) -> int: ...
+
+
+class BatchView(Protocol):
+    @property
+    def seq(self) -> int: ...
+
+    @property
+    def txs(self) -> Sequence[Any]: ...
+
+
+class NodeMetrics:
+    """The node's metrics; :meth:`render` gives the ``/metrics`` text."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.committed_seq = Gauge(
+            "phalanx_committed_seq", "Last executed sequence number", registry=r
+        )
+        self.view = Gauge("phalanx_view", "Current view", registry=r)
+        self.view_changes = Counter(
+            "phalanx_view_changes", "Views entered after the first", registry=r
+        )
+        self.in_view_change = Gauge(
+            "phalanx_in_view_change", "1 while a view change is under way", registry=r
+        )
+        self.stable_checkpoint = Gauge(
+            "phalanx_stable_checkpoint", "Seq of the last stable checkpoint", registry=r
+        )
+        self.pending_pool_size = Gauge(
+            "phalanx_pending_pool_size", "Transactions in the pending pool", registry=r
+        )
+        self.committed_txs = Counter(
+            "phalanx_committed_txs", "Transactions executed (rate = throughput)", registry=r
+        )
+        self.failed_txs = Counter(
+            "phalanx_failed_txs", "Executed transactions whose result is not ok", registry=r
+        )
+        self.commit_latency = Histogram(
+            "phalanx_commit_latency_seconds",
+            "Time from a transaction's acceptance by this node to its execution",
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
+        )
+        self.dropped_peer_messages = Counter(
+            "phalanx_dropped_peer_messages",
+            "Peer input refused or dropped, by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.event_subscribers = Gauge(
+            "phalanx_event_subscribers", "Connected /v1/events clients", registry=r
+        )
+        self._last_view: int | None = None
+        self._replica: ReplicaView | None = None
+        self._pool: Sized | None = None
+        self._dropped_seen: dict[str, int] = {}  # reason -> replica drops already counted
+
+    # ---- fed by the runtime -----------------------------------------------------------------
+
+    def observe_replica(self, replica: ReplicaView, pool: Sized | None = None) -> None:
+        """After each replica step: cheap gauges now; the drop counters at the next scrape."""
+        self._replica = replica
+        if pool is not None:
+            self._pool = pool
+            self.pending_pool_size.set(len(pool))
+        view = replica.view
+        if self._last_view is not None and view > self._last_view:
+            self.view_changes.inc(view - self._last_view)
+        self._last_view = view
+        self.view.set(view)
+        self.committed_seq.set(replica.last_executed_seq)
+
+    def observe_block(
+        self,
+        batch: BatchView,
+        results: Sequence[Mapping[str, Any]],
+        submitted_at: Sequence[float] = (),
+    ) -> None:
+        """After executing a block: counts, and latency of the transactions this node took in."""
+        self.committed_seq.set(batch.seq)
+        self.committed_txs.inc(len(batch.txs))
+        failed = sum(1 for result in results if not result.get("ok"))
+        if failed:
+            self.failed_txs.inc(failed)
+        now = self._clock()
+        for at in submitted_at:
+            self.commit_latency.observe(max(0.0, now - at))
+
+    def drop(self, reason: str, count: int = 1) -> None:
+        self.dropped_peer_messages.labels(reason=reason).inc(count)
+
+    # ---- read by /metrics -------------------------------------------------------------------
+
+    def render(self) -> bytes:
+        self._sync()
+        return generate_latest(self.registry)
+
+    def _sync(self) -> None:
+        replica = self._replica
+        if replica is not None:
+            self.in_view_change.set(1 if replica.in_view_change else 0)
+            self.stable_checkpoint.set(replica.stable_checkpoint)
+            self._sync_replica_drops(replica.dropped)
+        if self._pool is not None:
+            self.pending_pool_size.set(len(self._pool))
+
+    def _sync_replica_drops(self, dropped: Mapping[tuple[str, str], int]) -> None:
+        by_reason: dict[str, int] = {}
+        for (_sender, reason), count in dropped.items():
+            by_reason[reason] = by_reason.get(reason, 0) + count
+        for reason, total in by_reason.items():
+            known = reason in self._dropped_seen or len(self._dropped_seen) < DROP_REASONS_MAX
+            label = reason if known else "other"
+            seen = self._dropped_seen.get(reason, 0)
+            if total > seen:
+                self.dropped_peer_messages.labels(reason=label).inc(total - seen)
+                self._dropped_seen[reason] = total

@@ -1,0 +1,327 @@
+"""The pending pool: client transactions verified once, deduplicated, bounded, until committed.
+
+Every transaction that reaches the node (from a client over HTTP, or relayed by a peer) goes
+through :meth:`Pool.submit`: its shape is checked by :func:`ledger.transaction.decode_transaction`
+and its Ed25519 signature in a thread pool (PyNaCl releases the GIL, so verification runs beside
+the event loop). A verified ``(tx_id, sig)`` is remembered in a bounded LRU, so the replica's
+synchronous :meth:`Pool.tx_checker` is a cache hit for every transaction this node has seen,
+and no transaction is verified twice.
+
+Newly accepted transactions are handed, as :class:`consensus.batch.Tx`, to the ``on_accepted``
+callback (the runtime gives them to the replica and relays them to the peers). Committed
+transactions leave the pool through :meth:`Pool.remove`.
+
+Bounds: at most ``capacity`` pending transactions (past it, :class:`PoolFull`, which the API
+answers with 429); at most ``verified_max`` remembered signatures; pending entries older than
+``pending_ttl_s`` are dropped when room is needed (the replica keeps its own copy).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from consensus.batch import Tx
+from ledger.transaction import (
+    MALFORMED,
+    TxError,
+    ValidTx,
+    decode_transaction,
+    verify_transaction,
+)
+
+CAPACITY_DEFAULT = 100_000
+VERIFIED_MAX_DEFAULT = 262_144
+PENDING_TTL_S_DEFAULT = 600.0
+WORKERS_DEFAULT = 2
+# Transactions verified per thread-pool task: large enough to amortise the hand-off, small
+# enough that a batch of 1,000 spreads over every worker.
+VERIFY_CHUNK = 64
+SUBMITTED_TIMES_MAX = 65_536  # submission times kept for latency after removal
+
+POOL_FULL = "pool_full"
+
+STATUS_PENDING = "pending"
+STATUS_COMMITTED = "committed"
+
+_log = logging.getLogger("phalanx.pool")
+
+
+class PoolFull(Exception):
+    """The pending pool holds ``capacity`` transactions; the client should retry later (429)."""
+
+    code = POOL_FULL
+
+    def __init__(self, capacity: int) -> None:
+        super().__init__(
+            f"the pending pool is full ({capacity} transactions); retry after some commit"
+        )
+        self.detail = str(self)
+
+
+@dataclass(frozen=True, slots=True)
+class SubmitResult:
+    """The fate of one submitted transaction: accepted (``status``) or refused (``error``)."""
+
+    tx_id: str | None = None
+    status: str | None = None  # "pending" or "committed"
+    error: str | None = None  # a TxError code, or "pool_full"
+    detail: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def to_wire(self) -> dict[str, Any]:
+        if self.error is not None:
+            return {"error": self.error, "detail": self.detail or self.error}
+        return {"tx_id": self.tx_id, "status": self.status}
+
+
+def _refused(exc: TxError | PoolFull) -> SubmitResult:
+    return SubmitResult(error=exc.code, detail=exc.detail)
+
+
+class Pool:
+    """Pending client transactions of one node. All methods run on the event loop's thread."""
+
+    def __init__(
+        self,
+        capacity: int = CAPACITY_DEFAULT,
+        on_accepted: Callable[[list[Tx], bool], None] | None = None,
+        is_committed: Callable[[str], bool] | None = None,
+        *,
+        verified_max: int = VERIFIED_MAX_DEFAULT,
+        pending_ttl_s: float = PENDING_TTL_S_DEFAULT,
+        workers: int = WORKERS_DEFAULT,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if capacity < 1 or verified_max < 1 or workers < 1:
+            raise ValueError("pool capacity, verified_max and workers must be positive")
+        self.capacity = capacity
+        self._on_accepted = on_accepted
+        self._is_committed = is_committed if is_committed is not None else (lambda _tx_id: False)
+        self._verified_max = verified_max
+        self._pending_ttl_s = pending_ttl_s
+        self._clock = clock
+        self._pending: OrderedDict[str, tuple[Tx, float]] = OrderedDict()  # oldest first
+        self._verified: OrderedDict[str, str] = OrderedDict()  # tx_id -> verified sig (LRU)
+        self._removed_times: OrderedDict[str, float] = OrderedDict()
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tx-verify")
+        self._closed = False
+
+    # ---- reading ----------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    @property
+    def size(self) -> int:
+        return len(self._pending)
+
+    def __contains__(self, tx_id: object) -> bool:
+        return tx_id in self._pending
+
+    def contains(self, tx_id: str) -> bool:
+        return tx_id in self._pending
+
+    def pending_txs(self) -> list[Tx]:
+        """The pending transactions, oldest first (for a replica restarted with a warm pool)."""
+        return [tx for tx, _ in self._pending.values()]
+
+    def submitted_at(self, tx_ids: Iterable[str]) -> list[float]:
+        """Monotonic submission times of those ``tx_ids`` this node accepted (also recently
+        removed ones), for the commit latency histogram."""
+        times: list[float] = []
+        for tx_id in tx_ids:
+            entry = self._pending.get(tx_id)
+            if entry is not None:
+                times.append(entry[1])
+            else:
+                at = self._removed_times.get(tx_id)
+                if at is not None:
+                    times.append(at)
+        return times
+
+    # ---- submitting -------------------------------------------------------------------------
+
+    async def submit(self, wires: Sequence[Any], relay: bool = True) -> list[SubmitResult]:
+        """Check, verify and add parsed transactions; one result per item, in order.
+
+        Accepted transactions (new ones only) are handed to ``on_accepted`` with ``relay``.
+        Duplicates of a pending transaction answer ``pending``; committed ones ``committed``.
+        """
+        if self._closed:
+            raise RuntimeError("the pool is closed")
+        results: list[SubmitResult | None] = [None] * len(wires)
+        to_verify: list[tuple[int, ValidTx]] = []
+        for i, wire in enumerate(wires):
+            results[i] = self._precheck(wire, to_verify, i)
+        accepted: list[Tx] = []
+        if to_verify:
+            verdicts = await self._verify_many([tx for _, tx in to_verify])
+            for (i, tx), error in zip(to_verify, verdicts, strict=True):
+                if error is None:
+                    self._remember_verified(tx.tx_id, tx.sig)
+                    # Decided after the await, against the pool as it is now.
+                    results[i] = self._admit(tx, accepted)
+                else:
+                    results[i] = _refused(error)
+        if accepted and self._on_accepted is not None:
+            self._on_accepted(accepted, relay)
+        final: list[SubmitResult] = []
+        for result in results:
+            if result is None:  # every item was decided above
+                raise AssertionError("a submitted transaction was left undecided")
+            final.append(result)
+        return final
+
+    def _precheck(
+        self, wire: Any, to_verify: list[tuple[int, ValidTx]], i: int
+    ) -> SubmitResult | None:
+        """Decide what needs no signature check; queue the rest for verification."""
+        try:
+            tx = decode_transaction(wire)
+        except TxError as exc:
+            return _refused(exc)
+        except RecursionError:
+            return SubmitResult(error=MALFORMED, detail="the transaction nests too deeply")
+        if tx.tx_id in self._pending:
+            return SubmitResult(tx.tx_id, STATUS_PENDING)
+        if self._is_committed(tx.tx_id):
+            return SubmitResult(tx.tx_id, STATUS_COMMITTED)
+        to_verify.append((i, tx))  # a cached signature is not verified again
+        return None
+
+    def _admit(self, tx: ValidTx, accepted: list[Tx]) -> SubmitResult:
+        """Add a verified transaction, unless it became pending or committed meanwhile."""
+        if tx.tx_id in self._pending:
+            return SubmitResult(tx.tx_id, STATUS_PENDING)
+        if self._is_committed(tx.tx_id):
+            return SubmitResult(tx.tx_id, STATUS_COMMITTED)
+        if len(self._pending) >= self.capacity and not self._expire_one():
+            return _refused(PoolFull(self.capacity))
+        consensus_tx = tx.to_consensus_tx()
+        self._pending[tx.tx_id] = (consensus_tx, self._clock())
+        accepted.append(consensus_tx)
+        return SubmitResult(tx.tx_id, STATUS_PENDING)
+
+    def _expire_one(self) -> bool:
+        """Drop the oldest pending transaction if it outlived ``pending_ttl_s``."""
+        if not self._pending:
+            return False
+        tx_id, (_, at) = next(iter(self._pending.items()))
+        if self._clock() - at < self._pending_ttl_s:
+            return False
+        del self._pending[tx_id]
+        _log.info("pending_tx_expired", extra={"tx_id": tx_id})
+        return True
+
+    async def _verify_many(self, txs: list[ValidTx]) -> list[TxError | None]:
+        """Signature checks in the thread pool, skipping those already verified."""
+        verdicts: list[TxError | None] = [None] * len(txs)
+        first: dict[tuple[str, str], int] = {}  # a repeat within one call is verified once
+        repeats: list[tuple[int, int]] = []
+        todo: list[int] = []
+        for i, tx in enumerate(txs):
+            if self._verified.get(tx.tx_id) == tx.sig:
+                continue
+            key = (tx.tx_id, tx.sig)
+            if key in first:
+                repeats.append((i, first[key]))
+            else:
+                first[key] = i
+                todo.append(i)
+        if not todo:
+            return verdicts
+        loop = asyncio.get_running_loop()
+        chunks = [todo[k : k + VERIFY_CHUNK] for k in range(0, len(todo), VERIFY_CHUNK)]
+        futures = [
+            loop.run_in_executor(self._executor, _verify_chunk, [txs[i] for i in chunk])
+            for chunk in chunks
+        ]
+        for chunk, chunk_verdicts in zip(chunks, await asyncio.gather(*futures), strict=True):
+            for i, verdict in zip(chunk, chunk_verdicts, strict=True):
+                verdicts[i] = verdict
+        for i, j in repeats:
+            verdicts[i] = verdicts[j]
+        return verdicts
+
+    async def preverify(self, wires: Sequence[Any]) -> None:
+        """Verify, off the loop, the transactions a peer proposes, so that the replica's
+        :meth:`tx_checker` finds them in the cache. Invalid ones are simply not cached."""
+        txs: list[ValidTx] = []
+        for wire in wires:
+            try:
+                tx = decode_transaction(wire)
+            except (TxError, RecursionError):
+                continue
+            if self._verified.get(tx.tx_id) != tx.sig:
+                txs.append(tx)
+        if not txs:
+            return
+        verdicts = await self._verify_many(txs)
+        for tx, error in zip(txs, verdicts, strict=True):
+            if error is None:
+                self._remember_verified(tx.tx_id, tx.sig)
+
+    # ---- the replica's check ----------------------------------------------------------------
+
+    def tx_checker(self, tx: Tx) -> bool:
+        """True if ``tx`` is well formed and validly signed: a cache hit for any transaction
+        this node verified before, else a synchronous check (which is then cached)."""
+        wire = tx.wire
+        if isinstance(wire, Mapping) and len(wire) == 2:
+            sig = wire.get("sig")
+            if sig is not None and self._verified.get(tx.tx_id) == sig:
+                self._verified.move_to_end(tx.tx_id)
+                return True
+        try:
+            valid = decode_transaction(wire)
+            if valid.tx_id != tx.tx_id:
+                return False
+            verify_transaction(valid)
+        except (TxError, RecursionError):
+            return False
+        self._remember_verified(valid.tx_id, valid.sig)
+        return True
+
+    def _remember_verified(self, tx_id: str, sig: str) -> None:
+        self._verified[tx_id] = sig
+        self._verified.move_to_end(tx_id)
+        while len(self._verified) > self._verified_max:
+            self._verified.popitem(last=False)
+
+    # ---- committing -------------------------------------------------------------------------
+
+    def remove(self, tx_ids: Iterable[str]) -> None:
+        """Drop committed transactions from the pool (their submission time is kept a while)."""
+        for tx_id in tx_ids:
+            entry = self._pending.pop(tx_id, None)
+            if entry is not None:
+                self._removed_times[tx_id] = entry[1]
+        while len(self._removed_times) > SUBMITTED_TIMES_MAX:
+            self._removed_times.popitem(last=False)
+
+    def close(self) -> None:
+        self._closed = True
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _verify_chunk(txs: list[ValidTx]) -> list[TxError | None]:
+    """Runs in a worker thread: only pure computation, no pool state."""
+    verdicts: list[TxError | None] = []
+    for tx in txs:
+        try:
+            verify_transaction(tx)
+        except TxError as exc:
+            verdicts.append(exc)
+        else:
+            verdicts.append(None)
+    return verdicts

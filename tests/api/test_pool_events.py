@@ -1,0 +1,229 @@
+"""The pending pool (verify once, dedupe, bounds, the replica's check), commit waiters, the
+event hub, and the SSE stream with replay."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import node.pool as pool_module
+from consensus.batch import Tx
+from crypto.signing import TAG_TX
+from ledger.transaction import ValidTx, verify_transaction
+from node.events import CommitWaiters, EventHub, TooManyWaiters
+from node.pool import Pool
+from tests.api.harness import ApiHarness, run, set_tx
+from tests.ledger.helpers import ALICE, BOB, tx
+
+
+@pytest.fixture
+def verify_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    calls: list[str] = []
+    real = verify_transaction
+
+    def counting(valid: ValidTx) -> None:
+        calls.append(valid.tx_id)
+        real(valid)
+
+    monkeypatch.setattr(pool_module, "verify_transaction", counting)
+    return calls
+
+
+def test_pool_verifies_once_and_dedupes(verify_calls: list[str]) -> None:
+    accepted: list[tuple[list[Tx], bool]] = []
+    pool = Pool(capacity=10, on_accepted=lambda txs, relay: accepted.append((txs, relay)))
+    wires = [set_tx(nonce=i) for i in range(5)]
+
+    async def main() -> None:
+        results = await pool.submit([*wires, wires[0]])
+        assert [r.status for r in results] == ["pending"] * 6
+        assert len(pool) == 5 and len(verify_calls) == 5
+        assert [len(txs) for txs, _ in accepted] == [5] and accepted[0][1] is True
+        again = await pool.submit(wires, relay=False)
+        assert [r.tx_id for r in again] == [r.tx_id for r in results[:5]]
+        assert len(verify_calls) == 5 and len(accepted) == 1
+        # The replica's check is a cache hit for all of them.
+        for txn in accepted[0][0]:
+            assert pool.tx_checker(txn)
+        assert len(verify_calls) == 5
+        pool.remove([r.tx_id for r in results[:2] if r.tx_id])
+        assert len(pool) == 3
+        # Removed (committed elsewhere, say) and resubmitted: admitted without re-verifying.
+        await pool.submit([wires[0]])
+        assert len(pool) == 4 and len(verify_calls) == 5
+
+    asyncio.run(main())
+    pool.close()
+
+
+def test_pool_committed_and_full_and_expiry() -> None:
+    committed_ids: set[str] = set()
+    now = [0.0]
+    pool = Pool(
+        capacity=2,
+        is_committed=committed_ids.__contains__,
+        pending_ttl_s=100.0,
+        clock=lambda: now[0],
+    )
+    wires = [set_tx(nonce=i) for i in range(4)]
+    committed_ids.add(tx(ALICE, 3, {"op": "set", "key": "k", "value": 1}).tx_id)
+
+    async def main() -> None:
+        results = await pool.submit(wires)
+        assert [r.status or r.error for r in results] == [
+            "pending", "pending", "pool_full", "committed",
+        ]  # fmt: skip
+        assert results[2].to_wire()["error"] == "pool_full"
+        now[0] = 101.0  # the oldest pending entry has expired: it makes room
+        results = await pool.submit([wires[2]])
+        assert results[0].status == "pending"
+        assert not pool.contains(results[0].tx_id or "") or len(pool) == 2
+        assert wires[0]["body"]["nonce"] == 0 and len(pool) == 2
+
+    asyncio.run(main())
+    pool.close()
+
+
+def test_tx_checker_refuses_bad_and_mismatched() -> None:
+    pool = Pool()
+    good = tx(ALICE, 1, {"op": "set", "key": "k", "value": 1})
+    assert pool.tx_checker(good)
+    body = dict(good.wire["body"])
+    forged_sig = BOB.sign(TAG_TX, body)
+    assert not pool.tx_checker(Tx(good.tx_id, {"body": body, "sig": forged_sig}))
+    assert not pool.tx_checker(Tx(good.tx_id, {**good.wire, "extra": 1}))
+    assert not pool.tx_checker(Tx("00" * 32, good.wire))
+    assert not pool.tx_checker(Tx("00" * 32, {"body": 1}))
+    pool.close()
+
+
+def test_preverify_fills_the_cache(verify_calls: list[str]) -> None:
+    pool = Pool()
+    wires = [set_tx(nonce=i) for i in range(3)] + [{"junk": 1}]
+
+    async def main() -> None:
+        await pool.preverify(wires)
+
+    asyncio.run(main())
+    assert len(verify_calls) == 3
+    assert all(pool.tx_checker(Tx.from_wire(w)) for w in wires[:3])
+    assert len(verify_calls) == 3 and len(pool) == 0
+    pool.close()
+
+
+def test_commit_waiters() -> None:
+    async def main() -> None:
+        waiters = CommitWaiters(waiters_max=2)
+        f1 = waiters.register("a")
+        f2 = waiters.register("a")
+        with pytest.raises(TooManyWaiters):
+            waiters.register("b")
+        task = asyncio.create_task(waiters.wait(f1, "a", 5))
+        waiters.notify_committed(7, ["x", "a"])
+        assert await task == 7
+        assert await waiters.wait(f2, "a", 5) == 7
+        assert len(waiters) == 0
+        f3 = waiters.register("c")
+        assert await waiters.wait(f3, "c", 0.01) is None
+        assert len(waiters) == 0
+        f4 = waiters.register("d")
+        waiters.close()
+        assert await waiters.wait(f4, "d", 5) is None
+
+    asyncio.run(main())
+
+
+def test_event_hub_disconnects_slow_subscribers() -> None:
+    async def main() -> None:
+        hub = EventHub(queue_max=2)
+        fast, slow = hub.subscribe(), hub.subscribe()
+        for seq in (1, 2):
+            hub.publish({"seq": seq})
+            assert (await fast.queue.get()) == {"seq": seq}
+        hub.publish({"seq": 3})
+        assert len(hub) == 1 and hub.disconnected_slow == 1
+        assert [slow.queue.get_nowait() for _ in range(3)] == [{"seq": 1}, {"seq": 2}, None]
+        assert (await fast.queue.get()) == {"seq": 3}
+        hub.close_all()
+        assert (await fast.queue.get()) is None and len(hub) == 0
+
+    asyncio.run(main())
+
+
+async def _read_events(response: Any, count: int) -> list[dict[str, Any]]:
+    events: list[dict[str, Any]] = []
+    kind = None
+    while len(events) < count:
+        line = (await asyncio.wait_for(response.content.readline(), 5)).decode().rstrip("\n")
+        if line.startswith("event: "):
+            kind = line[7:]
+        elif line.startswith("data: "):
+            assert kind == "block"
+            events.append(json.loads(line[6:]))
+    return events
+
+
+def test_sse_replays_then_goes_live(tmp_path: Path) -> None:
+    h = ApiHarness(tmp_path / "ledger", sse_keepalive_s=0.05)
+    txs = [tx(ALICE, i, {"op": "set", "key": f"k{i}", "value": i}) for i in range(3)]
+    h.commit([txs[0]])
+    h.commit([txs[1], txs[2]])
+    h.commit([])
+
+    async def scenario(c: Any) -> None:
+        r = await c.get("/v1/events?from_seq=2")
+        assert r.status == 200 and r.headers["Content-Type"] == "text/event-stream"
+        replayed = await _read_events(r, 2)
+        block2 = h.store.block(2)
+        assert block2 is not None
+        assert replayed[0] == {
+            "seq": 2, "hash": block2["hash"], "tx_count": 2, "tx_ids": [txs[1].tx_id, txs[2].tx_id],
+        }  # fmt: skip
+        assert replayed[1]["seq"] == 3 and replayed[1]["tx_count"] == 0
+        await asyncio.sleep(0.12)  # a keep-alive comment or two go by
+        live = tx(ALICE, 9, {"op": "delete", "key": "k0"})
+        h.commit([live])
+        (event,) = await _read_events(r, 1)
+        assert event["seq"] == 4 and event["tx_ids"] == [live.tx_id]
+        r.close()
+
+        # Live only (no from_seq), and Last-Event-ID resumes like from_seq.
+        r = await c.get("/v1/events")
+        r2 = await c.get("/v1/events", headers={"Last-Event-ID": "3"})
+        await asyncio.sleep(0.05)
+        h.commit([])
+        assert [e["seq"] for e in await _read_events(r, 1)] == [5]
+        assert [e["seq"] for e in await _read_events(r2, 2)] == [4, 5]
+        r.close()
+        r2.close()
+        for bad in ("from_seq=-1", "from_seq=x", "seq=1"):
+            resp = await c.get(f"/v1/events?{bad}")
+            assert resp.status == 400 and (await resp.json())["error"] == "invalid_query"
+        resp = await c.get("/v1/events", headers={"Accept": "application/json"})
+        assert resp.status == 406
+
+    try:
+        run(h, scenario)
+    finally:
+        h.close()
+
+
+def test_sse_from_seq_beyond_head_waits(tmp_path: Path) -> None:
+    h = ApiHarness(tmp_path / "ledger")
+
+    async def scenario(c: Any) -> None:
+        r = await c.get("/v1/events?from_seq=2")
+        await asyncio.sleep(0.05)
+        h.commit([])
+        h.commit([])
+        assert [e["seq"] for e in await _read_events(r, 1)] == [2]
+        r.close()
+
+    try:
+        run(h, scenario)
+    finally:
+        h.close()
