@@ -1,0 +1,352 @@
+"""The node: one validator process wiring the pure replica to the network, the ledger and HTTP.
+
+Every input of the replica (peer messages, client transactions, fetched blocks, ticks) goes
+through one bounded inbox and one consumer task, so the replica sees a single ordered stream of
+events. Each step's output is carried out in the order that keeps an honest node honest across
+a kill -9 (consensus/output.py):
+
+1. persist the replica's records (one durable LMDB write);
+2. send its messages;
+3. execute committed batches into the ledger (one write transaction per block);
+4. wake clients waiting for those transactions, publish block events, drop them from the pool;
+5. start fetching blocks if the replica asked for a state transfer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from consensus.batch import Tx
+from consensus.output import Committed, Output
+from consensus.replica import Replica
+from crypto.keys import KeyFileError, load_private_key
+from crypto.signing import Ed25519Verifier
+from ledger.genesis import GenesisError, load_genesis, replica_config
+from ledger.store import LedgerStore, StoreError
+from node.api import ApiContext, create_app
+from node.block_sync import FETCH_REQUEST, FETCH_RESPONSE, BlockFetcher, serve_fetch
+from node.config import ConfigError, NodeConfig
+from node.events import CommitWaiters, EventHub
+from node.metrics import NodeMetrics
+from node.peers import PeerNetwork
+from node.pool import Pool
+
+INBOX_MAX = 20_000
+RELAY = "relay-txs"
+RELAY_CHUNK_MAX = 500
+VIEW_CHANGE_TIMEOUT_MS = 2_000
+
+_log = logging.getLogger("phalanx.node")
+
+
+class StartupError(Exception):
+    """The node cannot start; the message says what is wrong and what to do."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Tick:
+    now_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class _PeerMessage:
+    sender: str
+    wire: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class _Requests:
+    txs: list[Tx]
+
+
+@dataclass(frozen=True, slots=True)
+class _Blocks:
+    committed: list[Committed]
+
+
+_Event = _Tick | _PeerMessage | _Requests | _Blocks
+
+
+class NodeRuntime:
+    """One validator node. Build it (opens keys, genesis, ledger), then ``await run()``."""
+
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        try:
+            self.genesis = load_genesis(config.genesis_file)
+            self.signer = load_private_key(config.key_file)
+        except (GenesisError, KeyFileError, OSError) as exc:
+            raise StartupError(str(exc)) from exc
+        me = self.signer.public_key
+        if not self.genesis.is_validator(me):
+            raise StartupError(
+                f"the key in {config.key_file} ({me[:16]}...) is not a validator of the genesis "
+                f"{config.genesis_file}; use the key made for this node"
+            )
+        try:
+            addresses = config.peer_addresses(self.genesis.validator_keys, me)
+            self.store = LedgerStore.open(config.data_dir, self.genesis)
+        except (ConfigError, StoreError) as exc:
+            raise StartupError(str(exc)) from exc
+        self.name = config.name
+        self.replica_config = replica_config(
+            self.genesis,
+            batch_size_max=config.batch.size_max,
+            batch_delay_ticks=config.batch.delay_ticks,
+            pipeline_depth_max=config.batch.pipeline_depth_max,
+            view_change_timeout_ticks=max(10, VIEW_CHANGE_TIMEOUT_MS // config.tick_ms),
+        )
+        self.metrics = NodeMetrics()
+        self.pool = Pool(
+            capacity=config.limits.pending_pool_max,
+            on_accepted=self._on_txs_accepted,
+            is_committed=self.store.is_committed,
+        )
+        head_seq, head_hash = self.store.head()
+        self.replica = Replica(
+            self.replica_config,
+            self.signer,
+            Ed25519Verifier(),
+            self.pool.tx_checker,
+            self.store.is_committed,
+            records=self.store.load_records(),
+            last_executed_seq=head_seq,
+            head_hash=head_hash,
+        )
+        self.peers = PeerNetwork(
+            self.signer,
+            addresses,
+            self.genesis.chain_id,
+            self.genesis.genesis_hash,
+            self._on_peer_frame,
+            frame_max=config.limits.frame_max_bytes,
+            queue_max=config.limits.peer_queue_max,
+        )
+        self.fetcher = BlockFetcher(
+            self.genesis,
+            head_seq=lambda: self.store.head()[0],
+            send=self.peers.send,
+            deliver=lambda blocks: self._put(_Blocks(blocks)),
+        )
+        self.waiters = CommitWaiters()
+        self.events = EventHub()
+        self._inbox: asyncio.Queue[_Event] = asyncio.Queue(maxsize=INBOX_MAX)
+        self._tick_pending = False
+        self._stopping = asyncio.Event()
+        self._runner: web.AppRunner | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._started_ms = _now_ms()
+
+    # ---- life cycle -------------------------------------------------------------------------
+
+    async def run_until_signalled(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stopping.set)
+        await self.run()
+
+    async def run(self) -> None:
+        """Serve until :meth:`stop` (or a signal); then close everything."""
+        try:
+            await self._start()
+            await self._stopping.wait()
+        finally:
+            await self._shutdown()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def _start(self) -> None:
+        await self.peers.start()
+        app = create_app(self._api_context())
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        host, port = self.config.http_listen
+        await web.TCPSite(self._runner, host, port).start()
+        self._tasks = [
+            asyncio.create_task(self._consume(), name="replica"),
+            asyncio.create_task(self._tick_loop(), name="ticker"),
+        ]
+        head_seq, head_hash = self.store.head()
+        _log.info(
+            "node_started",
+            extra={
+                "pubkey": self.signer.public_key,
+                "http": f"{host}:{port}",
+                "seq": head_seq,
+                "head_hash": head_hash,
+                "view": self.replica.view,
+            },
+        )
+
+    async def _shutdown(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.fetcher.stop()
+        if self._runner is not None:
+            await self._runner.cleanup()
+        await self.peers.stop()
+        self.pool.close()
+        self.store.close()
+        _log.info("node_stopped")
+
+    # ---- inputs -----------------------------------------------------------------------------
+
+    def _put(self, event: _Event) -> None:
+        try:
+            self._inbox.put_nowait(event)
+        except asyncio.QueueFull:
+            # Consensus tolerates lost messages (retransmission, view change); an unbounded
+            # inbox would not be tolerated by the machine.
+            self.metrics.dropped_peer_messages.labels(reason="inbox_full").inc()
+
+    def _on_peer_frame(self, sender: str, wire: dict[str, Any]) -> None:
+        kind = wire.get("type")
+        if kind == RELAY:
+            self._spawn(self._on_relay(sender, wire))
+        elif kind == FETCH_REQUEST:
+            response = serve_fetch(self.store, wire)
+            if response is None:
+                self.metrics.dropped_peer_messages.labels(reason="bad_fetch_request").inc()
+            else:
+                self.peers.send(sender, response)
+        elif kind == FETCH_RESPONSE:
+            self.fetcher.on_response(sender, wire)
+        else:
+            self._put(_PeerMessage(sender, wire))
+
+    async def _on_relay(self, sender: str, wire: dict[str, Any]) -> None:
+        txs = wire.get("txs")
+        if not isinstance(txs, list) or len(txs) > RELAY_CHUNK_MAX:
+            self.metrics.dropped_peer_messages.labels(reason="bad_relay").inc()
+            return
+        # Relayed transactions are verified like any client's; they are not relayed again.
+        await self.pool.submit(txs, relay=False)
+
+    def _on_txs_accepted(self, txs: list[Tx], relay: bool) -> None:
+        """The pool accepted new, verified transactions: order them, and tell the others."""
+        self._put(_Requests(txs))
+        if relay:
+            for i in range(0, len(txs), RELAY_CHUNK_MAX):
+                chunk = [dict(tx.wire) for tx in txs[i : i + RELAY_CHUNK_MAX]]
+                self.peers.broadcast({"type": RELAY, "txs": chunk})
+
+    async def _tick_loop(self) -> None:
+        interval = self.config.tick_ms / 1000
+        while True:
+            await asyncio.sleep(interval)
+            if not self._tick_pending:  # ticks coalesce while the replica is busy
+                self._tick_pending = True
+                self._put(_Tick(_now_ms()))
+
+    # ---- the replica step -------------------------------------------------------------------
+
+    async def _consume(self) -> None:
+        while True:
+            event = await self._inbox.get()
+            try:
+                output = await self._step(event)
+                self._carry_out(output)
+            except Exception:
+                # A broken invariant in the replica or the ledger: stop rather than serve or
+                # sign anything more from a state nobody can vouch for.
+                _log.exception("node_halted", extra={"event": type(event).__name__})
+                self.stop()
+                raise
+
+    async def _step(self, event: _Event) -> Output:
+        if isinstance(event, _Tick):
+            self._tick_pending = False
+            return self.replica.on_tick(event.now_ms)
+        if isinstance(event, _PeerMessage):
+            # Verify the transactions a proposal carries in the thread pool first, so the
+            # replica's synchronous check is a cache hit and the loop is not blocked.
+            await self.pool.preverify(_proposed_txs(event.wire))
+            return self.replica.on_message(event.wire)
+        if isinstance(event, _Requests):
+            return self.replica.on_requests(event.txs)
+        return self.replica.on_blocks_fetched(event.committed)
+
+    def _carry_out(self, output: Output) -> None:
+        if output.persist or output.discard_below is not None:
+            self.store.persist_records(output.persist, output.discard_below)
+        for send in output.sends:
+            if send.to is None:
+                self.peers.broadcast(send.message)
+            else:
+                self.peers.send(send.to, send.message)
+        for committed in output.committed:
+            self._execute(committed)
+        if output.state_transfer is not None:
+            transfer = output.state_transfer
+            self.fetcher.want(transfer.seq, transfer.peers)
+        self.metrics.observe_replica(self.replica, self.pool)
+
+    def _execute(self, committed: Committed) -> None:
+        batch = committed.batch
+        results = self.store.append_block(committed)
+        tx_ids = [tx.tx_id for tx in batch.txs]
+        seq, block_hash = self.store.head()
+        submitted_at = self.pool.submitted_at(tx_ids)
+        self.pool.remove(tx_ids)
+        self.waiters.notify_committed(seq, tx_ids)
+        self.events.publish(
+            {"seq": seq, "hash": block_hash, "tx_count": len(tx_ids), "tx_ids": tx_ids}
+        )
+        self.metrics.observe_block(batch, results, submitted_at)
+
+    # ---- what the API sees ------------------------------------------------------------------
+
+    def _api_context(self) -> ApiContext:
+        return ApiContext(
+            store=self.store,
+            pool=self.pool,
+            status=self._status,
+            events=self.events,
+            waiters=self.waiters,
+            metrics=self.metrics,
+            body_max_bytes=self.config.limits.http_body_max_bytes,
+        )
+
+    def _status(self) -> dict[str, Any]:
+        seq, head_hash = self.store.head()
+        config = self.replica_config
+        return {
+            "name": self.name,
+            "pubkey": self.signer.public_key,
+            "chain_id": self.genesis.chain_id,
+            "view": self.replica.view,
+            "primary": self.replica.primary,
+            "seq": seq,
+            "head_hash": head_hash,
+            "stable_checkpoint": self.replica.stable_checkpoint,
+            "n": config.n,
+            "f": config.f,
+        }
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.append(task)
+        task.add_done_callback(self._tasks.remove)
+
+
+def _proposed_txs(wire: dict[str, Any]) -> list[Any]:
+    """The transactions a peer message proposes (a PRE-PREPARE's batch), else none."""
+    batch = wire.get("batch")
+    if not isinstance(batch, dict):
+        return []
+    txs = batch.get("txs")
+    return txs if isinstance(txs, list) else []
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
