@@ -82,7 +82,9 @@ class Batch:
 
 
 def block_hash(seq: int, prev_hash: str, digest: str) -> str:
-    """``h(JCS({"seq", "prev_hash", "digest"}))`` (spec §4); ``prev_hash`` of seq 1 is genesis_hash."""
+    """``h(JCS({"seq", "prev_hash", "digest"}))`` (spec §4).
+
+    ``prev_hash`` of seq 1 is the genesis_hash."""
     return hash_object({"seq": seq, "prev_hash": prev_hash, "digest": digest})
 
 

@@ -19,7 +19,7 @@ from consensus.batch import Batch
 
 @dataclass(frozen=True, slots=True)
 class Send:
-    """Send ``message`` (a wire dict, see ``consensus.messages``) to ``to``, or to all peers if None."""
+    """Send ``message`` (a wire dict, see ``consensus.messages``) to ``to``; None means all."""
 
     message: dict[str, Any]
     to: str | None = None  # a validator public key; None broadcasts to every other validator

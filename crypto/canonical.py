@@ -1,7 +1,7 @@
 """Canonical JSON (RFC 8785, JCS) for the values Phalanx allows.
 
 Phalanx values never hold floats, so the number rules of JCS reduce to printing integers, which
-must lie within ±(2^53 − 1) so that every JSON implementation reads them exactly. Object keys are
+must lie within ±(2^53 - 1) so that every JSON implementation reads them exactly. Object keys are
 sorted by their UTF-16 code units, as RFC 8785 section 3.2.3 requires (not by code points: the
 two orders differ for characters beyond the Basic Multilingual Plane).
 """
@@ -30,7 +30,9 @@ def canonical_json(value: Any) -> bytes:
     try:
         return "".join(parts).encode("utf-8")
     except UnicodeEncodeError as exc:
-        raise CanonicalJsonError("string holds a lone UTF-16 surrogate, which is not valid UTF-8") from exc
+        raise CanonicalJsonError(
+            "string holds a lone UTF-16 surrogate, which is not valid UTF-8"
+        ) from exc
 
 
 _DEPTH_MAX = 64
@@ -47,7 +49,7 @@ def _write(value: Any, parts: list[str], depth: int) -> None:
         parts.append("false")
     elif isinstance(value, int):
         if not -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER:
-            raise CanonicalJsonError(f"integer {value} is outside ±(2^53 − 1)")
+            raise CanonicalJsonError(f"integer {value} is outside ±(2^53 - 1)")
         parts.append(str(int(value)))
     elif isinstance(value, float):
         raise CanonicalJsonError("floats are not allowed in Phalanx values; use integers")

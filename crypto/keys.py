@@ -30,7 +30,9 @@ def load_private_key(path: Path) -> Ed25519Signer:
     try:
         mode = path.stat().st_mode
     except FileNotFoundError as exc:
-        raise KeyFileError(f"key file {path} does not exist; create one with `phalanx keygen`") from exc
+        raise KeyFileError(
+            f"key file {path} does not exist; create one with `phalanx keygen`"
+        ) from exc
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise KeyFileError(
             f"key file {path} is accessible by group or others (mode {stat.S_IMODE(mode):04o}); "

@@ -69,7 +69,7 @@ def _path(index: int, hashes: Sequence[bytes]) -> list[bytes]:
 def verify_inclusion(
     leaf: bytes, index: int, tree_size: int, proof: Sequence[bytes], root: bytes
 ) -> bool:
-    """Check that ``leaf`` (a leaf *hash*) sits at ``index`` in the tree of ``tree_size`` with ``root``."""
+    """Whether ``leaf`` (a leaf *hash*) sits at ``index`` in a ``tree_size`` tree with ``root``."""
     return root_from_inclusion(leaf, index, tree_size, proof) == root
 
 

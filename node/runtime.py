@@ -15,7 +15,6 @@ a kill -9 (consensus/output.py):
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
 import time

@@ -5,6 +5,8 @@
     phalanx tx cas KEY EXPECT VALUE_JSON ...
     phalanx tx transfer TO AMOUNT      ...
 
+``--quiet`` prints one summary line instead of the receipt.
+
 It prints the receipt as JSON, then "receipt verified" when ``--genesis`` is given and the
 receipt proves the commitment under it (without ``--genesis`` nothing else is fetched and the
 receipt is printed unverified). Exit codes: 0 committed with an ok result; 1 an error (refused,
@@ -46,6 +48,9 @@ def register(subparsers: Any) -> None:
     common.add_argument("--nonce", type=int, help="nonce (default: random)")
     common.add_argument(
         "--timeout-ms", type=int, default=10_000, help="how long to wait for the commit"
+    )
+    common.add_argument(
+        "--quiet", action="store_true", help="one summary line instead of the whole receipt"
     )
     p = ops.add_parser("set", parents=[common], help="set KEY to a JSON value")
     p.add_argument("key_name", metavar="KEY")
@@ -108,9 +113,14 @@ def run(args: argparse.Namespace) -> int:
                 f"{args.timeout_ms} ms; check later with GET /v1/tx/{answer.get('tx_id')}"
             )
         receipt = answer["receipt"]
-        print(json.dumps(receipt, indent=2, sort_keys=True))
+        if not args.quiet:
+            print(json.dumps(receipt, indent=2, sort_keys=True))
         if genesis is not None:
             client.verify_receipt(receipt, genesis, answer["tx_id"])
+        if args.quiet:
+            proof = "receipt verified" if genesis is not None else "receipt not verified"
+            print(f"{args.op} {answer['tx_id'][:16]}... committed at seq {receipt['seq']}, {proof}")
+        elif genesis is not None:
             print("receipt verified")
         else:
             print("receipt not verified (no --genesis given)", file=sys.stderr)

@@ -111,7 +111,10 @@ def test_tx_command(tmp_path: Path, served: Served, capsys: pytest.CaptureFixtur
     # A cas against the wrong version commits, but fails: exit 3 with a clear message.
     assert main(["tx", "cas", "color", "1", '"blue"', *common]) == 3
     assert "cas_mismatch" in capsys.readouterr().err
-    assert main(["tx", "transfer", CAROL.public_key, "10", *common]) == 0
+    assert main(["tx", "transfer", CAROL.public_key, "10", *common, "--quiet"]) == 0
+    quiet = capsys.readouterr().out.splitlines()
+    assert len(quiet) == 1 and quiet[0].startswith("transfer ")
+    assert quiet[0].endswith("receipt verified"), quiet
     assert main(["tx", "delete", "color", *common]) == 0
     assert served.harness.store.get_state("color") is None
     assert served.harness.store.balance(CAROL.public_key) == 10
