@@ -11,6 +11,7 @@ metric                                  type       meaning
 ``phalanx_stable_checkpoint``           gauge      seq of the last stable checkpoint
 ``phalanx_pending_pool_size``           gauge      transactions in the pending pool
 ``phalanx_committed_txs_total``         counter    transactions executed (rate = throughput)
+``phalanx_committed_tx_per_second``     gauge      transactions executed per second, last 10 s
 ``phalanx_failed_txs_total``            counter    executed transactions whose result is not ok
 ``phalanx_commit_latency_seconds``      histogram  submission to this node -> execution
 ``phalanx_dropped_peer_messages_total`` counter    peer input refused, by ``reason``
@@ -21,6 +22,7 @@ metric                                  type       meaning
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
@@ -41,6 +43,7 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 LATENCY_BUCKETS_S = (
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 )  # fmt: skip
+TX_RATE_WINDOW_S = 10.0
 DROP_REASONS_MAX = 256  # distinct reason labels; more are counted under "other"
 
 
@@ -101,6 +104,11 @@ class NodeMetrics:
         self.committed_txs = Counter(
             "phalanx_committed_txs", "Transactions executed (rate = throughput)", registry=r
         )
+        self.tx_per_second = Gauge(
+            "phalanx_committed_tx_per_second",
+            f"Transactions executed per second over the last {TX_RATE_WINDOW_S:g} s",
+            registry=r,
+        )
         self.failed_txs = Counter(
             "phalanx_failed_txs", "Executed transactions whose result is not ok", registry=r
         )
@@ -119,6 +127,7 @@ class NodeMetrics:
         self.event_subscribers = Gauge(
             "phalanx_event_subscribers", "Connected /v1/events clients", registry=r
         )
+        self._recent_blocks: deque[tuple[float, int]] = deque()  # (when, tx count)
         self._last_view: int | None = None
         self._replica: ReplicaView | None = None
         self._pool: Sized | None = None
@@ -152,6 +161,7 @@ class NodeMetrics:
         if failed:
             self.failed_txs.inc(failed)
         now = self._clock()
+        self._recent_blocks.append((now, len(batch.txs)))
         for at in submitted_at:
             self.commit_latency.observe(max(0.0, now - at))
 
@@ -172,6 +182,13 @@ class NodeMetrics:
             self._sync_replica_drops(replica.dropped)
         if self._pool is not None:
             self.pending_pool_size.set(len(self._pool))
+        self.tx_per_second.set(self._tx_rate())
+
+    def _tx_rate(self) -> float:
+        horizon = self._clock() - TX_RATE_WINDOW_S
+        while self._recent_blocks and self._recent_blocks[0][0] < horizon:
+            self._recent_blocks.popleft()
+        return sum(count for _, count in self._recent_blocks) / TX_RATE_WINDOW_S
 
     def _sync_replica_drops(self, dropped: Mapping[tuple[str, str], int]) -> None:
         by_reason: dict[str, int] = {}
