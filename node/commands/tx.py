@@ -5,7 +5,11 @@
     phalanx tx cas KEY EXPECT VALUE_JSON ...
     phalanx tx transfer TO AMOUNT      ...
 
-``--quiet`` prints one summary line instead of the receipt.
+``--quiet`` prints one summary line instead of the receipt. ``--sign-only`` prints the signed
+transaction and submits nothing, for use with any HTTP client:
+
+    phalanx tx set colour '"blue"' --key client.key --sign-only > tx.json
+    curl -s --data-binary @tx.json 'http://127.0.0.1:7000/v1/tx?wait=commit'
 
 It prints the receipt as JSON, then "receipt verified" when ``--genesis`` is given and the
 receipt proves the commitment under it (without ``--genesis`` nothing else is fetched and the
@@ -52,6 +56,11 @@ def register(subparsers: Any) -> None:
     common.add_argument(
         "--quiet", action="store_true", help="one summary line instead of the whole receipt"
     )
+    common.add_argument(
+        "--sign-only",
+        action="store_true",
+        help="print the signed transaction as JSON and exit (to submit it with curl)",
+    )
     p = ops.add_parser("set", parents=[common], help="set KEY to a JSON value")
     p.add_argument("key_name", metavar="KEY")
     p.add_argument("value", metavar="VALUE_JSON")
@@ -94,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
     from ledger.genesis import GenesisError, load_genesis
     from node.client import Client, ClientError, load_key, make_tx
 
-    if not args.url:
+    if not args.url and not args.sign_only:
         return _fail(f"give the node's API URL with --url (or ${URL_ENV})", EXIT_USAGE)
     if not 0 <= args.timeout_ms <= 60_000:
         return _fail("--timeout-ms must be from 0 to 60000", EXIT_USAGE)
@@ -104,6 +113,9 @@ def run(args: argparse.Namespace) -> int:
         tx = make_tx(signer, [_op(args)], args.nonce)
     except (KeyFileError, GenesisError, ValueError) as exc:
         return _fail(str(exc), EXIT_USAGE)
+    if args.sign_only:
+        print(json.dumps(tx))
+        return EXIT_OK
     client = Client(args.url)
     try:
         answer = client.submit(tx, wait=True, timeout_ms=args.timeout_ms)

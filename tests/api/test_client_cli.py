@@ -120,6 +120,12 @@ def test_tx_command(tmp_path: Path, served: Served, capsys: pytest.CaptureFixtur
     assert served.harness.store.balance(CAROL.public_key) == 10
     capsys.readouterr()
 
+    # --sign-only: the signed transaction, which any HTTP client can submit as it is.
+    assert main(["tx", "set", "signed", "1", "--key", str(key), "--sign-only"]) == 0
+    signed = json.loads(capsys.readouterr().out)
+    assert Client(served.url).submit(signed, wait=True)["status"] == "committed"
+    assert served.harness.store.get_state("signed") is not None
+
     # Without --genesis the receipt is printed, unverified.
     assert main(["tx", "set", "k", "1", "--url", served.url, "--key", str(key)]) == 0
     captured = capsys.readouterr()
