@@ -121,12 +121,14 @@ class Replica:
         self._stable_proof: tuple[Checkpoint, ...] = ()
         self._checkpoints: dict[int, dict[str, Checkpoint]] = {}  # inside the window
         self._far_checkpoints: dict[str, Checkpoint] = {}  # latest per sender beyond the window
+        self._heads: dict[str, Checkpoint] = {}  # latest head announcement per sender
 
         self._view_changes: dict[int, dict[str, ViewChange]] = {}
         self._sent_view_change: ViewChange | None = None
         self._sent_new_view: NewView | None = None
         self._early: list[NormalCaseMessage] = []
         self._early_per_sender: Counter[str] = Counter()
+        self._early_views: dict[str, int] = {}  # sender -> highest view above ours it voted in
         self._batch_answers: dict[str, int] = {}  # sender -> tick of our last BATCH-RESPONSE
         self._signed_votes: dict[tuple[str, int, int], str] = {}  # (type, view, seq) -> digest
         self._verified: set[tuple[str, str, str, bytes]] = set()
@@ -234,6 +236,9 @@ class Replica:
                 self._drop(STATE_TRANSFER, "gap")
                 break
             reason = self._check_certificate(block)
+            if reason is None and not self._txs_signed(block.batch):
+                # The certificate covers the digest, hence the tx_ids but not the signatures.
+                reason = "block_with_invalid_tx"
             if reason is not None:
                 self._drop(STATE_TRANSFER, reason)
                 break
@@ -391,6 +396,8 @@ class Replica:
         invalid transaction or one already ordered; ARCHITECTURE §8: refuse absurd times)."""
         if len(batch.txs) > self._config.batch_size_max:
             return "batch_too_large"
+        if batch.txs and not self._knows_ordered_txs():
+            return "ordered_txs_unknown"
         seen: set[str] = set()
         for tx in batch.txs:
             if tx.tx_id in seen:
@@ -411,6 +418,18 @@ class Replica:
         if not low <= batch.time_ms <= high:
             return "batch_time_not_monotonic"
         return None
+
+    def _knows_ordered_txs(self) -> bool:
+        """Whether we can tell every request already ordered: those executed, plus those in the
+        batches of the log. Not while a state transfer is due (the stable checkpoint, e.g. one
+        adopted from a NEW-VIEW, is above what we executed: the blocks between hold requests we
+        never saw batched), nor while a batch of the log is missing. Proposing or preparing
+        meanwhile could order a request a second time."""
+        return self._last_executed >= self._stable_seq and not self._missing_digests()
+
+    def _txs_signed(self, batch: Batch) -> bool:
+        """Every transaction of ``batch`` is well formed and signed by its client (spec §3)."""
+        return all(self._tx_checker(tx) for tx in batch.txs)
 
     def _time_bounds(self, seq: int) -> tuple[int, int]:
         """Batch times never decrease with seq: bounded by the neighbours already accepted."""
@@ -540,7 +559,7 @@ class Replica:
         checkpoint stable. One from far beyond the window tells us we are behind."""
         seq, sender = checkpoint.seq, checkpoint.sender
         if seq % self._config.checkpoint_interval:
-            self._drop(sender, "checkpoint_seq_not_multiple_of_k")
+            self._on_head(checkpoint)
             return
         if seq <= self._stable_seq:
             return
@@ -548,6 +567,10 @@ class Replica:
             known_far = self._far_checkpoints.get(sender)
             if known_far is None or known_far.seq < seq:
                 self._far_checkpoints[sender] = checkpoint
+            if seq <= self._last_executed:
+                # Already executed (blocks fetched before the CHECKPOINTs arrived): the quorum
+                # may now make it stable, which moves our window up to where the others are.
+                self._try_stabilize(seq)
             self._check_state_transfer()
             return
         votes = self._checkpoints.setdefault(seq, {})
@@ -558,6 +581,17 @@ class Replica:
             return
         votes[sender] = checkpoint
         self._try_stabilize(seq)
+
+    def _on_head(self, head: Checkpoint) -> None:
+        """A CHECKPOINT between multiples of K announces the sender's executed head (see
+        ``_announce_head``). It never becomes stable; f + 1 matching ones from other replicas
+        make it a state-transfer target, like checkpoints do."""
+        if head.seq <= self._last_executed:
+            return
+        known = self._heads.get(head.sender)
+        if known is None or known.seq < head.seq:
+            self._heads[head.sender] = head
+        self._check_state_transfer()
 
     def _try_stabilize(self, seq: int) -> None:
         if seq <= self._stable_seq:
@@ -603,6 +637,7 @@ class Replica:
         self._prepared_certs = {s: c for s, c in self._prepared_certs.items() if s > seq}
         self._checkpoints = {s: v for s, v in self._checkpoints.items() if s > seq}
         self._far_checkpoints = {k: c for k, c in self._far_checkpoints.items() if c.seq > seq}
+        self._heads = {k: c for k, c in self._heads.items() if c.seq > seq}
         self._exec_hashes = {s: h for s, h in self._exec_hashes.items() if s >= seq}
         self._batches = {d: b for d, b in self._batches.items() if b.seq > seq}
         self._tx_seq = {t: s for t, s in self._tx_seq.items() if s > seq}
@@ -624,6 +659,7 @@ class Replica:
         vouchers: dict[tuple[int, str], set[str]] = {}
         candidates = [c for votes in self._checkpoints.values() for c in votes.values()]
         candidates.extend(self._far_checkpoints.values())
+        candidates.extend(self._heads.values())
         for checkpoint in candidates:
             if checkpoint.seq > self._last_executed and checkpoint.sender != self._me:
                 vouchers.setdefault((checkpoint.seq, checkpoint.block_hash), set()).add(
@@ -697,9 +733,7 @@ class Replica:
         ran out; keep at most pipeline_depth_max in flight, all within [h, h + L]."""
         if not (self._active and self.is_primary):
             return
-        if self._missing_digests():
-            # A re-proposed batch is missing: until it arrives we cannot tell which requests it
-            # holds, and proposing them again would make backups refuse the new batch.
+        if not self._knows_ordered_txs():
             return
         while self._unbatched and self._now_ms > 0:
             if self._next_seq > self._stable_seq + self._config.watermark_window:
@@ -802,10 +836,19 @@ class Replica:
         resend_period = max(1, self._config.view_change_timeout_ticks // 2)
         if self._vc_ticks % resend_period == 0 and own is not None and own.view == self._view:
             self._broadcast(own)
-        if len(self._view_changes.get(self._view, {})) >= self._config.q:
+        if self._view_change_support() >= self._config.q:
             self._vc_started_ticks += 1
             if self._vc_started_ticks >= self._timeout_ticks():
                 self._start_view_change(self._view + 1)
+
+    def _view_change_support(self) -> int:
+        """Distinct validators known to have left every view below ours: VIEW-CHANGEs for our
+        view *or a higher one*. §4.5.2 starts the timer at q VIEW-CHANGEs for our view; counting
+        higher ones too matters when a replica timed out of our view and moved on before its
+        VIEW-CHANGE for our view reached us: it never resends that one, so we would wait for it
+        forever (the simulator found three replicas stuck so, seed 493)."""
+        senders = {s for v, vcs in self._view_changes.items() if v >= self._view for s in vcs}
+        return len(senders)
 
     def _tick_checkpoint_resend(self) -> None:
         """Our latest checkpoint is not stable yet: some CHECKPOINTs may have been lost, and the
@@ -819,9 +862,26 @@ class Replica:
         # checkpoints (it was down, or they were lost) learns from f + 1 of these that it is
         # behind and fetches the blocks, instead of waiting for new traffic.
         elif self._ticks % self._config.view_change_timeout_ticks == 0:
+            if self._last_executed > self._stable_seq:
+                self._announce_head()
+                return
             stable = next((c for c in self._stable_proof if c.sender == self._me), None)
             if stable is not None:
                 self._broadcast(stable)
+
+    def _announce_head(self) -> None:
+        """Sign and send our executed head (seq, block_hash) as a CHECKPOINT between multiples
+        of K, once execution has been idle for a timeout. Without it, a replica that missed the
+        COMMITs of the last seqs before traffic stopped would wait for the next checkpoint, which
+        may never come: the simulator found such replicas never executing the last requests
+        (seeds 0 and 42). Signed like anything else, so persisted first."""
+        if self._ticks - self._progress_tick < self._config.view_change_timeout_ticks:
+            return
+        head = sign_message(
+            self._signer, Checkpoint(self._config.chain_id, self._last_executed, self._head_hash)
+        )
+        self._persist(rec.seq_record(head.seq, rec.PHASE_CHECKPOINT, "message", head.to_wire()))
+        self._broadcast(head)
 
     def _tick_missing_batches(self) -> None:
         # Forget digests nothing in the log needs any more (GC'd, or replaced by a view change).
@@ -901,9 +961,11 @@ class Replica:
             self._try_new_view()
 
     def _help_laggard(self, view_change: ViewChange) -> None:
-        """A replica still asking for the view we already installed missed our NEW-VIEW."""
+        """A replica still asking for the view we already installed, or an older one (it was down
+        while several views passed), missed our NEW-VIEW: send it. The NEW-VIEW proves itself
+        (q VIEW-CHANGEs), and moving up to a later view is always allowed."""
         nv = self._sent_new_view
-        if nv is not None and nv.view == view_change.view == self._view:
+        if nv is not None and nv.view == self._view and view_change.view <= self._view:
             self._out.sends.append(Send(nv.to_wire(), to=view_change.sender))
 
     def _maybe_join_higher_view(self) -> None:
@@ -1032,10 +1094,30 @@ class Replica:
             return
         self._early.append(message)
         self._early_per_sender[message.sender] += 1
+        if message.view > self._view:
+            view = max(message.view, self._early_views.get(message.sender, 0))
+            self._early_views[message.sender] = view
+            self._maybe_join_installed_view()
 
     def _set_early(self, messages: list[NormalCaseMessage]) -> None:
         self._early = messages
         self._early_per_sender = Counter(m.sender for m in messages)
+        self._early_views = {}
+        for m in messages:
+            if m.view > self._view:
+                self._early_views[m.sender] = max(m.view, self._early_views.get(m.sender, 0))
+
+    def _maybe_join_installed_view(self) -> None:
+        """f + 1 replicas voting in views above ours include an honest one, which votes only in
+        a view it installed: that view is live and we are behind (restarted from old records,
+        or wiped). Ask to join the highest view f + 1 of them reached; a replica of that view
+        answers with its NEW-VIEW (``_help_laggard``). Waiting for our own timer instead could
+        take forever: the blocks we fetch meanwhile execute our requests, so it never fires."""
+        views = sorted((v for s, v in self._early_views.items() if s != self._me), reverse=True)
+        if len(views) <= self._config.f:
+            return
+        if views[self._config.f] > self._view:
+            self._start_view_change(views[self._config.f])
 
     def _replay_early(self) -> None:
         replay = [m for m in self._early if m.view == self._view]
@@ -1089,6 +1171,11 @@ class Replica:
         for batch in response.batches:
             if batch.digest not in self._wanted:
                 self._drop(response.sender, "unsolicited_batch")
+                continue
+            if not self._txs_signed(batch):
+                # The digest covers tx_ids, not signatures: a faulty peer can serve the batch with
+                # forged signatures. Refuse it; the digest stays wanted and is asked for again.
+                self._drop(response.sender, "batch_with_invalid_tx")
                 continue
             self._remember_batch(batch)
             slot = self._slots.get(batch.seq)
@@ -1164,7 +1251,7 @@ class Replica:
             if isinstance(message, PrePrepare | Prepare | Commit) and message.sender == self._me:
                 self._note_signed(message)
         checkpoint = messages.get(rec.PHASE_CHECKPOINT)
-        if isinstance(checkpoint, Checkpoint):
+        if isinstance(checkpoint, Checkpoint) and seq % self._config.checkpoint_interval == 0:
             self._checkpoints.setdefault(seq, {})[self._me] = checkpoint
         cert = None
         if rec.PHASE_PREPARED in phases:

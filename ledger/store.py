@@ -30,6 +30,12 @@ db                  key                            value
 ``records``         UTF-8 ``Record.key``           JCS(``Record.value``)
 ==================  =============================  =============================================
 
+Damage: LMDB has no checksums, and mapping a truncated ``data.mdb`` kills the process with
+SIGBUS. Before the writer opens the file, its size is checked against LMDB's meta pages; once
+open, the head record, the hash chain of the last blocks, the contents of the very last ones and
+the head's certificate are checked (:meth:`LedgerStore.check_recent`). Any damage found is a
+:class:`StoreError` that names it; ``phalanx audit`` checks everything else.
+
 Map size: starts at ``map_size`` and doubles on ``MapFullError``: the whole block's write
 transaction is aborted and redone after the resize, so nothing is ever half-written. Past
 ``map_size_max`` the store raises :class:`LedgerFullError` and the node must halt.
@@ -39,6 +45,7 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -50,9 +57,11 @@ import lmdb
 from consensus.batch import Batch, Tx, block_hash
 from consensus.output import Certificate, Committed, Record
 from crypto.canonical import canonical_json
+from crypto.hashing import hash_object
 from crypto.hexcodec import HASH_HEX_LEN, KEY_HEX_LEN, is_hex
+from crypto.merkle import merkle_root
 from ledger.genesis import Genesis, genesis_from_document
-from ledger.receipt import build_receipt
+from ledger.receipt import build_receipt, verify_certificate
 from ledger.state_machine import Entry, execute_batch
 
 FORMAT_VERSION = b"1"
@@ -61,6 +70,11 @@ MAP_SIZE_MAX_DEFAULT = 1 << 40  # 1 TiB of address space; the file only grows as
 MAX_DBS = 16
 MAX_READERS = 126
 _RESIZE_RETRIES_MAX = 64
+# Startup integrity check (writer): the hash chain of the last RECENT_CHAIN_CHECKED blocks, the
+# full contents of the last RECENT_CONTENT_CHECKED, and the head block's commit certificate.
+# The offline audit checks everything; this only keeps a node from serving a damaged head.
+RECENT_CHAIN_CHECKED = 256
+RECENT_CONTENT_CHECKED = 8
 
 _DB_NAMES = (
     "meta",
@@ -436,14 +450,26 @@ class LedgerStore:
         else:
             if genesis is None:
                 raise ValueError("the writer must be given the genesis")
+            check_data_file(path)
             env = _open_writer_env(path, map_size)
         try:
             dbs = _open_dbs(env, path, readonly)
             stored = _check_meta(env, dbs, path, genesis, readonly)
+            store = cls(env, dbs, stored, path, readonly, map_size_max)
+        except _DAMAGE_ERRORS as exc:
+            env.close()
+            raise _damaged(path, exc) from exc
         except BaseException:
             env.close()
             raise
-        return cls(env, dbs, stored, path, readonly, map_size_max)
+        if not readonly:
+            # The writer is a node about to serve this ledger: refuse a damaged head.
+            try:
+                store.check_recent()
+            except BaseException:
+                store.close()
+                raise
+        return store
 
     @staticmethod
     def read_genesis(data_dir: Path | str) -> Genesis:
@@ -523,8 +549,12 @@ class LedgerStore:
         return self._read(lambda s: s.balance(pubkey))
 
     def load_records(self) -> list[Record]:
-        """Every persisted consensus record, in key order."""
-        return self._read(lambda s: s.load_records())
+        """Every persisted consensus record, in key order. :class:`StoreError` if one does not
+        decode (a node must not restart without what it signed)."""
+        try:
+            return self._read(lambda s: s.load_records())
+        except _DAMAGE_ERRORS as exc:
+            raise _damaged(self.path, exc) from exc
 
     def iter_blocks(self, start: int = 1, end: int | None = None) -> Iterator[dict[str, Any]]:
         """Blocks in seq order, all from one snapshot taken at the first ``next()``."""
@@ -533,6 +563,28 @@ class LedgerStore:
 
     def map_size(self) -> int:
         return int(self._env.info()["map_size"])
+
+    def check_recent(
+        self,
+        chain_max: int = RECENT_CHAIN_CHECKED,
+        content_max: int = RECENT_CONTENT_CHECKED,
+    ) -> None:
+        """Raise :class:`StoreError` unless the head record, the hash chain of the last
+        ``chain_max`` blocks, the contents (transactions, tx_ids, tx_root, results) of the last
+        ``content_max`` and the head block's commit certificate are consistent.
+
+        Bounded work, run when the writer opens: LMDB has no checksums, so damaged bytes can
+        read back as plausible data. ``phalanx audit`` checks the whole ledger.
+        """
+        try:
+            with self.snapshot() as snap:
+                problem = _recent_damage(snap, chain_max, content_max)
+        except StoreError:
+            raise
+        except _DAMAGE_ERRORS as exc:
+            raise _damaged(self.path, exc) from exc
+        if problem is not None:
+            raise StoreError(f"ledger {self.path} is damaged: {problem}. {_DAMAGE_ADVICE}")
 
     # -- writing ----------------------------------------------------------------------------
 
@@ -649,6 +701,142 @@ class LedgerStore:
                 f"ledger {self.path}: cannot grow the map to {target} bytes ({exc}); "
                 "the node must stop. The last block was not written."
             ) from exc
+
+
+# -- integrity ----------------------------------------------------------------------------------
+
+# What reading damaged LMDB pages raises: LMDB's own checks (MDB_CORRUPTED, MDB_PAGE_NOTFOUND...)
+# and, when damaged bytes still look like a page, undecodable or ill-shaped values.
+_DAMAGE_ERRORS = (lmdb.Error, ValueError, KeyError, TypeError, IndexError, AttributeError)
+_DAMAGE_ADVICE = (
+    "Stop using this data directory: move it away and restart the node with an empty one, "
+    "which fetches the committed blocks from its peers and verifies them; or restore a backup"
+)
+
+# LMDB's file starts with two meta pages (lmdb.h, mdb.c: MDB_page header, then MDB_meta). Offsets
+# for 64-bit builds: mm_magic at 16, mm_version at 20, mm_dbs[FREE_DBI].md_pad (the page size)
+# at 40, mm_last_pg at 136, mm_txnid at 144.
+_LMDB_MAGIC = 0xBEEFC0DE
+_LMDB_DATA_VERSION = 1
+_META_BYTES = 152
+
+
+def check_data_file(path: Path) -> None:
+    """Refuse a ``data.mdb`` that LMDB would map past its end: reading such pages kills the process
+    with SIGBUS instead of raising, so a truncated file must be caught before LMDB opens it.
+
+    Absent file: a fresh ledger (fine). Empty or shorter than its meta pages, bad meta pages, or
+    shorter than its last committed transaction says: :class:`StoreError` saying so.
+    """
+    data = path / "data.mdb"
+    try:
+        with open(data, "rb") as file:
+            size = os.fstat(file.fileno()).st_size
+            first = file.read(_META_BYTES)
+            page_size = struct.unpack_from("<I", first, 40)[0] if len(first) >= 44 else 0
+            if 4096 <= page_size <= 65536:
+                file.seek(page_size)
+            second = file.read(_META_BYTES)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise StoreError(f"cannot read {data}: {exc}") from exc
+    if size == 0:
+        raise StoreError(
+            f"ledger file {data} is empty (0 bytes): it was truncated or never finished being "
+            f"created. {_DAMAGE_ADVICE}"
+        )
+    metas = [_parse_meta(first), _parse_meta(second)]
+    if None in metas or len(second) < _META_BYTES:
+        raise StoreError(
+            f"ledger file {data} ({size} bytes) does not start with two valid LMDB meta pages: "
+            f"it is truncated or overwritten. {_DAMAGE_ADVICE}"
+        )
+    last_pg, _ = max((m for m in metas if m is not None), key=lambda m: m[1])
+    needed = (last_pg + 1) * page_size
+    if size < needed:
+        raise StoreError(
+            f"ledger file {data} is truncated: it has {size} bytes, but its last committed "
+            f"transaction uses {needed}. {_DAMAGE_ADVICE}"
+        )
+
+
+def _parse_meta(page: bytes) -> tuple[int, int] | None:
+    """``(last_pg, txnid)`` of one LMDB meta page, or None if it is not one."""
+    if len(page) < _META_BYTES:
+        return None
+    magic, version = struct.unpack_from("<II", page, 16)
+    if magic != _LMDB_MAGIC or version != _LMDB_DATA_VERSION:
+        return None
+    last_pg, txnid = struct.unpack_from("<QQ", page, 136)
+    return last_pg, txnid
+
+
+def _damaged(path: Path, exc: BaseException) -> StoreError:
+    return StoreError(
+        f"ledger {path} is damaged: reading it failed ({type(exc).__name__}: {exc}). "
+        f"{_DAMAGE_ADVICE}"
+    )
+
+
+def _recent_damage(snap: LedgerSnapshot, chain_max: int, content_max: int) -> str | None:
+    """What is wrong with the head and the last blocks (see :meth:`LedgerStore.check_recent`)."""
+    txn, dbs, genesis = snap._txn, snap._dbs, snap.genesis
+    head_seq, head_hash = snap.head()
+    if not _is_int(head_seq) or head_seq < 0 or not is_hex(head_hash, HASH_HEX_LEN):
+        return "the head record is malformed"
+    with txn.cursor(db=dbs["blocks"]) as cursor:
+        last = int.from_bytes(bytes(cursor.key()), "big") if cursor.last() else 0
+    if last != head_seq:
+        return f"the head record names block {head_seq}, but the last stored block is {last}"
+    if head_seq == 0:
+        return None if head_hash == genesis.genesis_hash else "an empty ledger's head is wrong"
+    first = max(1, head_seq - chain_max + 1)
+    prev: str | None = genesis.genesis_hash if first == 1 else None
+    header: dict[str, Any] = {}
+    digest = ""
+    for seq in range(first, head_seq + 1):
+        raw = txn.get(_seq8(seq), db=dbs["blocks"])
+        if raw is None:
+            return f"block {seq} is missing below the head {head_seq}"
+        header = _load(raw)
+        batch = header["batch"]
+        if header["seq"] != seq or batch["seq"] != seq or batch["chain_id"] != genesis.chain_id:
+            return f"block {seq} is stored under the wrong seq or chain"
+        if prev is not None and header["prev_hash"] != prev:
+            return f"block {seq} does not link to block {seq - 1} (prev_hash differs)"
+        digest = hash_object(batch)
+        if header["hash"] != block_hash(seq, header["prev_hash"], digest):
+            return f"block {seq}: the stored hash is not block_hash(seq, prev_hash, digest)"
+        prev = header["hash"]
+        if seq > head_seq - content_max:
+            problem = _content_damage(txn, dbs, seq, batch)
+            if problem is not None:
+                return problem
+    if prev != head_hash:
+        return f"the head record's hash differs from block {head_seq}'s hash"
+    failures = verify_certificate(genesis, head_seq, digest, header["certificate"])
+    if failures:
+        return f"the head block {head_seq} has no valid commit certificate ({failures[-1]})"
+    return None
+
+
+def _content_damage(
+    txn: lmdb.Transaction, dbs: dict[str, Any], seq: int, batch: dict[str, Any]
+) -> str | None:
+    key = _seq8(seq)
+    txs = _load(txn.get(key, db=dbs["block_txs"]))
+    results = _load(txn.get(key, db=dbs["block_results"]))
+    raw_ids = txn.get(key, db=dbs["block_tx_ids"])
+    count = batch["tx_count"]
+    if len(txs) != count or len(results) != count or raw_ids is None:
+        return f"block {seq}: its transactions, results or tx_ids do not match tx_count {count}"
+    ids = [bytes.fromhex(hash_object(tx["body"])) for tx in txs]
+    if b"".join(ids) != bytes(raw_ids):
+        return f"block {seq}: the stored tx_ids are not the ids of its transactions"
+    if merkle_root(ids).hex() != batch["tx_root"]:
+        return f"block {seq}: its transactions do not hash to the header's tx_root"
+    return None
 
 
 # -- environment setup ------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from typing import Any
 from aiohttp import web
 
 from consensus.batch import Tx
+from consensus.errors import InvariantViolation
 from consensus.output import Committed, Output
 from consensus.replica import Replica
 from crypto.keys import KeyFileError, load_private_key
@@ -31,7 +32,8 @@ from crypto.signing import Ed25519Verifier
 from ledger.genesis import GenesisError, load_genesis, replica_config
 from ledger.store import LedgerStore, StoreError
 from node.api import ApiContext, create_app
-from node.block_sync import FETCH_REQUEST, FETCH_RESPONSE, BlockFetcher, serve_fetch
+from node.block_sync import MESSAGE_TYPES as BLOCK_SYNC_MESSAGES
+from node.block_sync import BlockSync
 from node.config import ConfigError, NodeConfig
 from node.events import CommitWaiters, EventHub
 from node.metrics import NodeMetrics
@@ -110,16 +112,25 @@ class NodeRuntime:
             is_committed=self.store.is_committed,
         )
         head_seq, head_hash = self.store.head()
-        self.replica = Replica(
-            self.replica_config,
-            self.signer,
-            Ed25519Verifier(),
-            self.pool.tx_checker,
-            self.store.is_committed,
-            records=self.store.load_records(),
-            last_executed_seq=head_seq,
-            head_hash=head_hash,
-        )
+        try:
+            self.replica = Replica(
+                self.replica_config,
+                self.signer,
+                Ed25519Verifier(),
+                self.pool.tx_checker,
+                self.store.is_committed,
+                records=self.store.load_records(),
+                last_executed_seq=head_seq,
+                head_hash=head_hash,
+            )
+        except (StoreError, InvariantViolation) as exc:
+            # Damaged consensus records: restarting without them could make us sign twice.
+            self.pool.close()
+            self.store.close()
+            raise StartupError(
+                f"the consensus records in {config.data_dir} are damaged ({exc}); move the data "
+                "directory away and start with an empty one to resync from the peers"
+            ) from exc
         self.peers = PeerNetwork(
             self.signer,
             addresses,
@@ -129,11 +140,15 @@ class NodeRuntime:
             frame_max=config.limits.frame_max_bytes,
             queue_max=config.limits.peer_queue_max,
         )
-        self.fetcher = BlockFetcher(
+        self.block_sync = BlockSync(
             self.genesis,
-            head_seq=lambda: self.store.head()[0],
+            self.store,
             send=self.peers.send,
+            broadcast=self.peers.broadcast,
             deliver=lambda blocks: self._put(_Blocks(blocks)),
+            on_drop=lambda reason: self.metrics.dropped_peer_messages.labels(reason=reason).inc(),
+            preverify=self.pool.preverify,
+            tx_checker=self.pool.tx_checker,
         )
         self.waiters = CommitWaiters()
         self.events = EventHub()
@@ -174,6 +189,7 @@ class NodeRuntime:
             asyncio.create_task(self._consume(), name="replica"),
             asyncio.create_task(self._tick_loop(), name="ticker"),
         ]
+        self.block_sync.start()
         head_seq, head_hash = self.store.head()
         _log.info(
             "node_started",
@@ -190,7 +206,7 @@ class NodeRuntime:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self.fetcher.stop()
+        await self.block_sync.stop()
         if self._runner is not None:
             await self._runner.cleanup()
         await self.peers.stop()
@@ -212,14 +228,8 @@ class NodeRuntime:
         kind = wire.get("type")
         if kind == RELAY:
             self._spawn(self._on_relay(sender, wire))
-        elif kind == FETCH_REQUEST:
-            response = serve_fetch(self.store, wire)
-            if response is None:
-                self.metrics.dropped_peer_messages.labels(reason="bad_fetch_request").inc()
-            else:
-                self.peers.send(sender, response)
-        elif kind == FETCH_RESPONSE:
-            self.fetcher.on_response(sender, wire)
+        elif kind in BLOCK_SYNC_MESSAGES:
+            self.block_sync.on_message(sender, wire)
         else:
             self._put(_PeerMessage(sender, wire))
 
@@ -287,7 +297,7 @@ class NodeRuntime:
             self._execute(committed)
         if output.state_transfer is not None:
             transfer = output.state_transfer
-            self.fetcher.want(transfer.seq, transfer.peers)
+            self.block_sync.want(transfer.seq, transfer.peers)
         self.metrics.observe_replica(self.replica, self.pool)
 
     def _execute(self, committed: Committed) -> None:
