@@ -13,5 +13,7 @@ VECTORS = PROJECT_ROOT.parent / "shared" / "vectors"
 @pytest.fixture(scope="session")
 def vectors_dir() -> Path:
     if not VECTORS.is_dir():
-        pytest.fail(f"test vectors not found at {VECTORS}; the shared/ folder must sit beside the project")
+        pytest.fail(
+            f"test vectors not found at {VECTORS}; the shared/ folder must sit beside the project"
+        )
     return VECTORS
