@@ -4,8 +4,10 @@ It runs in its own process, separate from the nodes. It measures, in one run:
 - the machine's raw Ed25519 sign and verify times (one core), which bound what any node can do;
 - committed tx/s: transactions submitted through POST /v1/txs, counted as committed when their
   block event arrives on GET /v1/events;
-- commit latency p50/p99: from the moment a transaction's submission request was sent to the
-  moment its block event arrived.
+- commit latency p50/p99 under that load: from the moment a transaction's submission request
+  was sent to the moment its block event arrived (it includes queueing behind the whole flood);
+- idle latency p50/p99: one transaction at a time, POST /v1/tx?wait=commit round trips on an
+  otherwise idle testnet (what a single client sees).
 and prints the ratio of committed tx/s to the signature limit cores / (t_sign + 4 * t_verify)
 (a client signs once; each of 4 nodes verifies once).
 """
@@ -17,7 +19,6 @@ import asyncio
 import contextlib
 import json
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -115,6 +116,28 @@ async def submit_all(
     return rejected
 
 
+async def idle_latencies(urls: list[str], client: Ed25519Signer, count: int) -> list[float]:
+    """Seconds per ``POST /v1/tx?wait=commit``, one transaction at a time, rotating nodes."""
+    txs = make_transactions(client, count, run_tag=f"idle-{time.time_ns()}")
+    latencies = []
+    async with aiohttp.ClientSession() as session:
+        for i, tx in enumerate(txs):
+            start = time.perf_counter()
+            url = f"{urls[i % len(urls)]}/v1/tx"
+            async with session.post(url, params={"wait": "commit"}, json=tx) as response:
+                body = await response.json()
+            if response.status != 200 or body.get("status") != "committed":
+                raise RuntimeError(f"POST /v1/tx?wait=commit answered {response.status}: {body}")
+            latencies.append(time.perf_counter() - start)
+    return sorted(latencies)
+
+
+def _ms(latencies: list[float], quantile: float) -> float | None:
+    if not latencies:
+        return None
+    return round(latencies[int(quantile * (len(latencies) - 1))] * 1000, 1)
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     testnet = json.loads(Path(args.dir, "testnet.json").read_text())
     urls = [node["url"] for node in testnet["nodes"]]
@@ -144,6 +167,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     cores = os.cpu_count() or 1
     limit = cores / (t_sign + 4 * t_verify)
     tps = len(committed) / elapsed if committed else 0.0
+    idle = await idle_latencies(urls, client, args.idle_txs)
     return {
         "cores": cores,
         "ed25519_sign_per_s": round(1 / t_sign),
@@ -154,11 +178,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "committed": len(committed),
         "seconds": round(elapsed, 3),
         "committed_tx_per_s": round(tps, 1),
-        "latency_p50_ms": round(statistics.median(latencies) * 1000, 1) if latencies else None,
-        "latency_p99_ms": round(latencies[int(0.99 * (len(latencies) - 1))] * 1000, 1)
-        if latencies
-        else None,
+        "latency_p50_ms": _ms(latencies, 0.5),
+        "latency_p99_ms": _ms(latencies, 0.99),
         "ratio_to_signature_limit": round(tps / limit, 4),
+        "idle_latency_p50_ms": _ms(idle, 0.5),
+        "idle_latency_p99_ms": _ms(idle, 0.99),
     }
 
 
@@ -169,6 +193,9 @@ def main() -> int:
     parser.add_argument("--chunk", type=int, default=250, help="transactions per POST /v1/txs")
     parser.add_argument("--concurrency", type=int, default=8, help="requests in flight")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for commits")
+    parser.add_argument(
+        "--idle-txs", type=int, default=100, help="one-at-a-time transactions for idle latency"
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
     result = asyncio.run(run(args))
