@@ -23,6 +23,9 @@ class Tx:
 
     tx_id: str
     wire: Mapping[str, Any] = field(compare=False, repr=False)
+    # Bytes of ``wire`` as JSON, measured where it was parsed (0 if unknown): lets the primary
+    # keep a batch, hence its PRE-PREPARE, within what a peer link carries.
+    size: int = field(default=0, compare=False, repr=False)
 
     @classmethod
     def from_wire(cls, wire: Mapping[str, Any]) -> Tx:

@@ -142,6 +142,7 @@ class Replica:
         self._vc_started_ticks = 0  # ticks since q VIEW-CHANGEs for our view were in
         self._view_start_tick = 0
         self._lag_ticks = 0
+        self._lone_lag_ticks = 0
         self._executed_at_last_tick = last_executed_seq
         self._transfer_sent: tuple[int, int] | None = None  # (seq, tick) of the last request
 
@@ -589,7 +590,7 @@ class Replica:
         if head.seq <= self._last_executed:
             return
         known = self._heads.get(head.sender)
-        if known is None or known.seq < head.seq:
+        if known is None or known.seq <= head.seq:  # the latest counts, even for the same seq
             self._heads[head.sender] = head
         self._check_state_transfer()
 
@@ -657,19 +658,31 @@ class Replica:
             senders = tuple(c.sender for c in self._stable_proof if c.sender != self._me)
             return self._stable_seq, self._stable_hash, senders
         vouchers: dict[tuple[int, str], set[str]] = {}
+        claims = self._claims_ahead()
+        for checkpoint in claims:
+            vouchers.setdefault((checkpoint.seq, checkpoint.block_hash), set()).add(
+                checkpoint.sender
+            )
+        good = [(k, v) for k, v in vouchers.items() if len(v) >= self._config.f + 1]
+        if good:
+            (best_seq, best_hash), vouching = max(good, key=lambda item: item[0])
+            return best_seq, best_hash, tuple(sorted(vouching))
+        if not claims or self._lone_lag_ticks < self._config.view_change_timeout_ticks:
+            return None
+        # Stuck for a whole timeout and no f + 1 agree: maybe a single honest replica is ahead
+        # and a faulty one announces a wrong hash (found by the simulator, seeds 26487 and
+        # 26604). Try the highest claim, from everyone who claims to be ahead: each fetched
+        # block proves itself by its certificate, and peers serve what they have, so a lie
+        # costs one fetch per timeout (``_check_state_transfer``), never a wrong block.
+        top = max(claims, key=lambda c: (c.seq, c.block_hash))
+        return top.seq, top.block_hash, tuple(sorted({c.sender for c in claims}))
+
+    def _claims_ahead(self) -> list[Checkpoint]:
+        """Other replicas' checkpoints and head announcements above what we executed."""
         candidates = [c for votes in self._checkpoints.values() for c in votes.values()]
         candidates.extend(self._far_checkpoints.values())
         candidates.extend(self._heads.values())
-        for checkpoint in candidates:
-            if checkpoint.seq > self._last_executed and checkpoint.sender != self._me:
-                vouchers.setdefault((checkpoint.seq, checkpoint.block_hash), set()).add(
-                    checkpoint.sender
-                )
-        good = [(k, v) for k, v in vouchers.items() if len(v) >= self._config.f + 1]
-        if not good:
-            return None
-        (best_seq, best_hash), vouching = max(good, key=lambda item: item[0])
-        return best_seq, best_hash, tuple(sorted(vouching))
+        return [c for c in candidates if c.seq > self._last_executed and c.sender != self._me]
 
     def _check_state_transfer(self) -> None:
         target = self._transfer_target()
@@ -693,6 +706,10 @@ class Replica:
             self._lag_ticks = 0
         else:
             self._lag_ticks += 1
+        if self._last_executed != self._executed_at_last_tick or not self._claims_ahead():
+            self._lone_lag_ticks = 0
+        else:
+            self._lone_lag_ticks += 1  # someone, maybe a single replica, claims to be ahead
         self._executed_at_last_tick = self._last_executed
         self._check_state_transfer()
 
@@ -740,28 +757,35 @@ class Replica:
                 return
             if self._next_seq - 1 - self._last_executed >= self._config.pipeline_depth_max:
                 return
-            txs = self._next_batch_txs()
-            if not txs or (len(txs) < self._config.batch_size_max and not force):
+            txs, full = self._next_batch_txs()
+            if not txs or not (full or force):
                 return
             self._propose(txs)
             self._batch_wait_ticks = 0
 
-    def _next_batch_txs(self) -> list[Tx]:
-        """The oldest requests not yet ordered, at most batch_size_max of them."""
+    def _next_batch_txs(self) -> tuple[list[Tx], bool]:
+        """The oldest requests not yet ordered, at most batch_size_max of them and (but for a
+        single larger one) at most batch_bytes_max bytes; and whether that batch is full."""
         txs: list[Tx] = []
         stale: list[str] = []
+        size = 0
+        full = False
         for tx_id, tx in self._unbatched.items():
             if len(txs) >= self._config.batch_size_max:
                 break
             if self._is_committed(tx_id) or tx_id in self._tx_seq:
                 stale.append(tx_id)
-            else:
-                txs.append(tx)
+                continue
+            if txs and size + tx.size > self._config.batch_bytes_max:
+                full = True
+                break
+            txs.append(tx)
+            size += tx.size
         for tx_id in stale:
             del self._unbatched[tx_id]
             if self._is_committed(tx_id):
                 self._pending.pop(tx_id, None)
-        return txs
+        return txs, full or len(txs) >= self._config.batch_size_max
 
     def _propose(self, txs: list[Tx]) -> None:
         seq = self._next_seq
@@ -1161,10 +1185,13 @@ class Replica:
         if self._batch_answers.get(request.sender) == self._ticks:
             self._drop(request.sender, "batch_request_rate")  # one answer per peer per tick
             return
-        batches = tuple(self._batches[d] for d in request.digests if d in self._batches)
+        batches = [self._batches[d] for d in request.digests if d in self._batches]
         if batches:
             self._batch_answers[request.sender] = self._ticks
-            response = sign_message(self._signer, BatchResponse(self._config.chain_id, batches))
+        # One response per batch: each batch fits a peer frame (batch_bytes_max), several
+        # together might not, and an oversized message would never arrive.
+        for batch in batches:
+            response = sign_message(self._signer, BatchResponse(self._config.chain_id, (batch,)))
             self._out.sends.append(Send(response.to_wire(), to=request.sender))
 
     def on_batch_response(self, response: BatchResponse) -> None:

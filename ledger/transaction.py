@@ -100,7 +100,9 @@ class ValidTx:
     wire: Mapping[str, Any] = field(repr=False, compare=False)  # {"body", "sig"} as received
 
     def to_consensus_tx(self) -> Tx:
-        return Tx(self.tx_id, self.wire)
+        # {"body":<JCS>,"sig":"<128 hex>"} as the peers will see it in a PRE-PREPARE.
+        size = len(self.body_jcs) + len(self.sig) + 18 if self.body_jcs is not None else 0
+        return Tx(self.tx_id, self.wire, size)
 
 
 def parse_transaction(data: bytes | str) -> ValidTx:

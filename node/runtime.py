@@ -43,6 +43,7 @@ from node.pool import Pool
 INBOX_MAX = 20_000
 RELAY = "relay-txs"
 RELAY_CHUNK_MAX = 500
+BATCH_BYTES_MAX = 4 * 1024 * 1024
 VIEW_CHANGE_TIMEOUT_MS = 2_000
 
 _log = logging.getLogger("phalanx.node")
@@ -101,6 +102,8 @@ class NodeRuntime:
         self.replica_config = replica_config(
             self.genesis,
             batch_size_max=config.batch.size_max,
+            # A PRE-PREPARE carries its batch: keep it well inside one peer frame.
+            batch_bytes_max=min(BATCH_BYTES_MAX, config.limits.frame_max_bytes // 4),
             batch_delay_ticks=config.batch.delay_ticks,
             pipeline_depth_max=config.batch.pipeline_depth_max,
             view_change_timeout_ticks=max(10, VIEW_CHANGE_TIMEOUT_MS // config.tick_ms),
@@ -245,8 +248,7 @@ class NodeRuntime:
         """The pool accepted new, verified transactions: order them, and tell the others."""
         self._put(_Requests(txs))
         if relay:
-            for i in range(0, len(txs), RELAY_CHUNK_MAX):
-                chunk = [dict(tx.wire) for tx in txs[i : i + RELAY_CHUNK_MAX]]
+            for chunk in _relay_chunks(txs, self.replica_config.batch_bytes_max):
                 self.peers.broadcast({"type": RELAY, "txs": chunk})
 
     async def _tick_loop(self) -> None:
@@ -346,6 +348,23 @@ class NodeRuntime:
         task = asyncio.create_task(coro)
         self._tasks.append(task)
         task.add_done_callback(self._tasks.remove)
+
+
+def _relay_chunks(txs: list[Tx], bytes_max: int) -> list[list[dict[str, Any]]]:
+    """``txs`` cut into relay messages of at most RELAY_CHUNK_MAX transactions and (but for a
+    single larger one) ``bytes_max`` bytes, so that every one fits a peer frame."""
+    chunks: list[list[dict[str, Any]]] = []
+    chunk: list[dict[str, Any]] = []
+    size = 0
+    for tx in txs:
+        if chunk and (len(chunk) >= RELAY_CHUNK_MAX or size + tx.size > bytes_max):
+            chunks.append(chunk)
+            chunk, size = [], 0
+        chunk.append(dict(tx.wire))
+        size += tx.size
+    if chunk:
+        chunks.append(chunk)
+    return chunks
 
 
 def _proposed_txs(wire: dict[str, Any]) -> list[Any]:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from consensus.batch import block_hash, commit_vote_body
+from consensus.messages import BatchRequest, sign_message
 from crypto.signing import TAG_COMMIT, Ed25519Verifier
-from tests.consensus.harness import GENESIS_HASH, Cluster, make_tx
+from tests.consensus.harness import CHAIN_ID, GENESIS_HASH, Cluster, make_tx
 
 
 def test_normal_case_commits_the_same_batches_everywhere() -> None:
@@ -62,6 +64,36 @@ def test_primary_batches_on_size_and_on_delay() -> None:
     cluster.tick()
     assert cluster.executed(0) == 2
     assert [len(b.batch.txs) for b in cluster.nodes[0].ledger] == [3, 1]
+
+
+def test_primary_bounds_a_batch_by_bytes_so_its_pre_prepare_fits_a_peer_frame() -> None:
+    """batch_bytes_max caps the summed Tx.size of a batch; a batch that reaches it is full (cut
+    at once), and a single transaction larger than the cap still goes, alone."""
+    cluster = Cluster(batch_size_max=100, batch_bytes_max=1_000, batch_delay_ticks=5)
+    cluster.tick()
+    sized = [replace(make_tx(i), size=300) for i in range(7)] + [replace(make_tx(7), size=5_000)]
+    cluster.submit(sized)
+    cluster.tick(6)
+    sizes = [[tx.tx_id for tx in b.batch.txs] for b in cluster.nodes[0].ledger]
+    assert [len(ids) for ids in sizes] == [3, 3, 1, 1]
+    assert sizes[-1] == [sized[-1].tx_id]
+    assert cluster.tx_order(1) == [tx.tx_id for tx in sized]
+
+
+def test_batch_request_is_answered_one_batch_per_message() -> None:
+    """Batches are fetched by digest (view change, §4.4); every batch travels in a response
+    of its own so that no message exceeds what one batch may weigh."""
+    cluster = Cluster(batch_size_max=1)
+    cluster.tick()
+    cluster.submit([make_tx(i) for i in range(3)])
+    digests = [b.batch.digest for b in cluster.nodes[0].ledger]
+    request = sign_message(cluster.signers[1], BatchRequest(CHAIN_ID, tuple(digests)))
+    output = cluster.inject(0, request.to_wire())
+    responses = [s for s in output.sends if s.message["type"] == "batch_response"]
+    assert len(responses) == 3
+    assert all(s.to == cluster.keys[1] for s in responses)
+    answered = [s.message["batches"] for s in responses]
+    assert [[b["header"]["seq"] for b in batches] for batches in answered] == [[1], [2], [3]]
 
 
 def test_duplicate_transaction_is_ordered_once() -> None:

@@ -60,7 +60,10 @@ def test_all_four_ops_decode_and_verify() -> None:
         CasOp("a", 0, "v"),
         TransferOp(BOB.public_key, 5),
     )
-    assert tx.to_consensus_tx().tx_id == tx.tx_id
+    consensus_tx = tx.to_consensus_tx()
+    assert consensus_tx.tx_id == tx.tx_id
+    # Its size is the wire form's, as a PRE-PREPARE will carry it (batches are cut by bytes).
+    assert consensus_tx.size == len(canonical_json(w))
 
 
 def test_tx_id_ignores_the_signature_and_key_order() -> None:
