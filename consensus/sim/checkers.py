@@ -1,0 +1,151 @@
+"""The checkers: what must hold after every simulated step, and what must happen after the faults.
+
+Safety (checked incrementally after every tick, over every host running honest code, twins
+included: with at most f faulty *keys*, every commit certificate is consistent, so even twins
+must agree):
+
+* **agreement**: no two hosts execute different batch digests at one seq;
+* **prefix**: each ledger is contiguous from seq 1, so with agreement per seq the shorter of
+  two ledgers is a prefix of the longer (``check_prefixes`` re-checks it by chained hashes);
+* **certified**: every executed block carries q valid commit votes of distinct validators;
+* **client-signed only**: every executed transaction's wire holds its client's signature, and
+  no transaction the clients forged is ever executed;
+* **once**: no tx_id is executed twice by one host. A tx_id may be *committed* twice: a request
+  in a batch prepared in one view can be batched again in a later view whose VIEW-CHANGE quorum
+  did not carry that certificate, and a still later NEW-VIEW may re-propose both (PBFT dedups at
+  execution too). Spec §3 says the repeat is recorded as "duplicate" and not executed; the check
+  is that the host's execution (``HonestHost.executed``) follows that rule. Repeats are counted.
+
+Liveness (``LivenessChecker``): once the fault window is over, every valid transaction a client
+submitted is executed by every honest host (not Byzantine, not a twin) within the bound that
+``consensus.sim.scenario.liveness_deadline`` states.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from consensus.batch import TxChecker, block_hash, commit_vote_body
+from consensus.config import ReplicaConfig
+from consensus.output import Committed
+from consensus.sim.hosts import HonestHost
+from crypto.signing import TAG_COMMIT, Verifier
+
+
+class SafetyChecker:
+    def __init__(
+        self,
+        config: ReplicaConfig,
+        verifier: Verifier,
+        tx_checker: TxChecker,
+        forged: set[str],
+        hosts: Sequence[HonestHost],
+    ) -> None:
+        self._config = config
+        self._verifier = verifier
+        self._tx_checker = tx_checker
+        self._forged = forged
+        self._hosts = [h for h in hosts if h.honest]
+        self._digests: dict[int, tuple[str, int]] = {}  # seq -> (digest, first host to execute)
+        self._checked: dict[int, int] = {h.index: 0 for h in self._hosts}
+        self._executed: dict[int, list[str]] = {h.index: [] for h in self._hosts}
+        self._seen: dict[int, set[str]] = {h.index: set() for h in self._hosts}
+        self.repeats = 0  # committed repeats of a tx_id (not violations, see above)
+        self.violations: list[str] = []
+
+    def check(self, tick: int) -> list[str]:
+        """Check what each host executed since the last call; returns the new violations."""
+        found: list[str] = []
+        for host in self._hosts:
+            start = self._checked[host.index]
+            for block in host.ledger[start:]:
+                found.extend(self._check_block(host.index, block, tick))
+            self._checked[host.index] = len(host.ledger)
+            found.extend(self._check_executed_once(host, tick))
+        self.violations.extend(found)
+        return found
+
+    def _check_block(self, index: int, block: Committed, tick: int) -> list[str]:
+        batch, found = block.batch, []
+        where = f"tick {tick}: host {index} seq {batch.seq}"
+        if batch.seq != self._checked[index] + 1:
+            found.append(f"{where}: ledger not contiguous (after {self._checked[index]})")
+        self._checked[index] = batch.seq
+        first = self._digests.setdefault(batch.seq, (batch.digest, index))
+        if first[0] != batch.digest:
+            found.append(
+                f"{where}: AGREEMENT violated, digest {batch.digest[:12]} but host {first[1]} "
+                f"executed {first[0][:12]}"
+            )
+        if not self._certified(block):
+            found.append(f"{where}: executed without a valid commit certificate")
+        seen, executed = self._seen[index], self._executed[index]
+        for tx in batch.txs:
+            if tx.tx_id in self._forged:
+                found.append(f"{where}: executed forged transaction {tx.tx_id[:12]}")
+            elif not self._tx_checker(tx):
+                found.append(f"{where}: executed {tx.tx_id[:12]} without its client's signature")
+            if tx.tx_id in seen:
+                self.repeats += 1
+            else:
+                executed.append(tx.tx_id)
+            seen.add(tx.tx_id)
+        return found
+
+    def _check_executed_once(self, host: HonestHost, tick: int) -> list[str]:
+        """The host executed exactly the first occurrence of each tx_id, in ledger order."""
+        if host.executed == self._executed[host.index]:
+            return []
+        twice = len(host.executed) - len(set(host.executed))
+        return [
+            f"tick {tick}: host {host.index}: execution differs from the ledger's first "
+            f"occurrences ({twice} tx_ids executed twice)"
+        ]
+
+    def _certified(self, block: Committed) -> bool:
+        batch, cert = block.batch, block.certificate
+        body = commit_vote_body(self._config.chain_id, batch.seq, cert.view, batch.digest)
+        good = [
+            key
+            for key, sig in sorted(cert.signatures.items())
+            if self._config.is_validator(key) and self._verifier.verify(key, TAG_COMMIT, body, sig)
+        ]
+        return batch.chain_id == self._config.chain_id and len(good) >= self._config.q
+
+    def check_prefixes(self) -> list[str]:
+        """The prefix property, re-checked independently by chained block hashes (spec §4): two
+        ledgers that agree on block_hash(s) agree on everything up to s."""
+        chains = {h.index: _chain(self._config.genesis_hash, h.ledger) for h in self._hosts}
+        found: list[str] = []
+        indexes = sorted(chains)
+        for a_pos, a in enumerate(indexes):
+            for b in indexes[a_pos + 1 :]:
+                common = min(len(chains[a]), len(chains[b]))
+                if common and chains[a][common - 1] != chains[b][common - 1]:
+                    found.append(f"ledgers of hosts {a} and {b} are not prefixes of each other")
+        self.violations.extend(found)
+        return found
+
+
+def _chain(genesis_hash: str, ledger: Sequence[Committed]) -> list[str]:
+    hashes, head = [], genesis_hash
+    for block in ledger:
+        head = block_hash(block.batch.seq, head, block.batch.digest)
+        hashes.append(head)
+    return hashes
+
+
+class LivenessChecker:
+    """Which valid transactions some honest host has not executed (yet)."""
+
+    def __init__(self, hosts: Sequence[HonestHost]) -> None:
+        self._hosts = [h for h in hosts if h.honest and not h.twin]
+
+    def missing(self, valid: dict[str, int]) -> dict[int, list[str]]:
+        """Host index -> the valid tx_ids it has not executed."""
+        out: dict[int, list[str]] = {}
+        for host in self._hosts:
+            lacking = [t for t in valid if t not in host.committed_ids]
+            if lacking:
+                out[host.index] = lacking
+        return out
