@@ -155,12 +155,11 @@ class NodeRuntime:
         )
         self.waiters = CommitWaiters()
         self.events = EventHub()
-        self._inbox: asyncio.Queue[_Event] = asyncio.Queue(maxsize=INBOX_MAX)
+        self._inbox: asyncio.Queue[_Event] = asyncio.Queue()  # bounded in _put
         self._tick_pending = False
         self._stopping = asyncio.Event()
         self._runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._started_ms = _now_ms()
 
     # ---- life cycle -------------------------------------------------------------------------
 
@@ -220,12 +219,14 @@ class NodeRuntime:
     # ---- inputs -----------------------------------------------------------------------------
 
     def _put(self, event: _Event) -> None:
-        try:
-            self._inbox.put_nowait(event)
-        except asyncio.QueueFull:
-            # Consensus tolerates lost messages (retransmission, view change); an unbounded
-            # inbox would not be tolerated by the machine.
+        if isinstance(event, _PeerMessage) and self._inbox.qsize() >= INBOX_MAX:
+            # Consensus tolerates lost peer messages (retransmission, view change); an
+            # unbounded inbox would not be tolerated by the machine. Client requests and fetched
+            # blocks are never dropped here: the pool's capacity and the fetcher's chunks bound
+            # them, and a dropped request would stay pending here with no timer to rescue it.
             self.metrics.dropped_peer_messages.labels(reason="inbox_full").inc()
+            return
+        self._inbox.put_nowait(event)
 
     def _on_peer_frame(self, sender: str, wire: dict[str, Any]) -> None:
         kind = wire.get("type")
