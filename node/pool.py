@@ -111,7 +111,10 @@ class Pool:
         self._pending_ttl_s = pending_ttl_s
         self._clock = clock
         self._pending: OrderedDict[str, tuple[Tx, float]] = OrderedDict()  # oldest first
-        self._verified: OrderedDict[str, str] = OrderedDict()  # tx_id -> verified sig (LRU)
+        # sig -> tx_id of each verified transaction (LRU). Keyed by signature so that a
+        # proposal's transactions verified before (relayed to us) are recognised without
+        # hashing their bodies again; a hit still needs the tx_id to match.
+        self._verified: OrderedDict[str, str] = OrderedDict()
         self._removed_times: OrderedDict[str, float] = OrderedDict()
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tx-verify")
         self._closed = False
@@ -230,7 +233,7 @@ class Pool:
         repeats: list[tuple[int, int]] = []
         todo: list[int] = []
         for i, tx in enumerate(txs):
-            if self._verified.get(tx.tx_id) == tx.sig:
+            if self._verified.get(tx.sig) == tx.tx_id:
                 continue
             key = (tx.tx_id, tx.sig)
             if key in first:
@@ -258,12 +261,14 @@ class Pool:
         :meth:`tx_checker` finds them in the cache. Invalid ones are simply not cached."""
         txs: list[ValidTx] = []
         for wire in wires:
+            sig = wire.get("sig") if isinstance(wire, Mapping) else None
+            if isinstance(sig, str) and sig in self._verified:
+                # Seen before (its tx_id is matched by tx_checker, which verifies on a mismatch).
+                continue
             try:
-                tx = decode_transaction(wire)
+                txs.append(decode_transaction(wire))
             except (TxError, RecursionError):
                 continue
-            if self._verified.get(tx.tx_id) != tx.sig:
-                txs.append(tx)
         if not txs:
             return
         verdicts = await self._verify_many(txs)
@@ -279,8 +284,8 @@ class Pool:
         wire = tx.wire
         if isinstance(wire, Mapping) and len(wire) == 2:
             sig = wire.get("sig")
-            if sig is not None and self._verified.get(tx.tx_id) == sig:
-                self._verified.move_to_end(tx.tx_id)
+            if isinstance(sig, str) and self._verified.get(sig) == tx.tx_id:
+                self._verified.move_to_end(sig)
                 return True
         try:
             valid = decode_transaction(wire)
@@ -293,8 +298,8 @@ class Pool:
         return True
 
     def _remember_verified(self, tx_id: str, sig: str) -> None:
-        self._verified[tx_id] = sig
-        self._verified.move_to_end(tx_id)
+        self._verified[sig] = tx_id
+        self._verified.move_to_end(sig)
         while len(self._verified) > self._verified_max:
             self._verified.popitem(last=False)
 

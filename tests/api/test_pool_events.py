@@ -115,6 +115,28 @@ def test_preverify_fills_the_cache(verify_calls: list[str]) -> None:
     pool.close()
 
 
+def test_preverify_skips_known_signatures_but_a_reused_one_still_fails(
+    verify_calls: list[str],
+) -> None:
+    """A proposal's transactions seen before are not decoded or verified again; a different
+    body under a known signature is not trusted for it: tx_checker verifies it, and refuses."""
+    pool = Pool()
+    known = set_tx(nonce=1)
+    reused = {"body": {**known["body"], "nonce": 2}, "sig": known["sig"]}
+    unhashable_sig = {"body": known["body"], "sig": ["not", "a", "string"]}
+
+    async def main() -> None:
+        await pool.preverify([known])
+        await pool.preverify([known, reused, unhashable_sig])
+
+    asyncio.run(main())
+    assert len(verify_calls) == 1
+    assert pool.tx_checker(Tx.from_wire(known))
+    assert not pool.tx_checker(Tx.from_wire(reused))
+    assert len(verify_calls) == 2
+    pool.close()
+
+
 def test_commit_waiters() -> None:
     async def main() -> None:
         waiters = CommitWaiters(waiters_max=2)
