@@ -19,6 +19,7 @@ Signatures are *not* checked here (that needs the validator set); see ``verify_m
 from __future__ import annotations
 
 import dataclasses
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
@@ -53,8 +54,32 @@ NEW_VIEW_PRE_PREPARES_MAX = 4_096
 # --------------------------------------------------------------------------------------------
 
 
+class _Signed(ABC):
+    """What every signed message shares: on the wire it is its type, the body its sender
+    signed, and who signed it. PRE-PREPARE and BATCH-RESPONSE add what the signature leaves
+    out (the batches, which certify themselves by digest)."""
+
+    __slots__ = ()
+
+    TYPE: ClassVar[str]
+    sender: str
+    signature: str
+
+    @abstractmethod
+    def signed_body(self) -> dict[str, Any]:
+        """The object signed under the message's TAG."""
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "type": self.TYPE,
+            **self.signed_body(),
+            "sender": self.sender,
+            "signature": self.signature,
+        }
+
+
 @dataclass(frozen=True, slots=True)
-class PrePrepare:
+class PrePrepare(_Signed):
     """<PRE-PREPARE, v, n, d>_p with the batch m attached (OSDI'99 §4.2)."""
 
     TYPE: ClassVar[str] = "pre_prepare"
@@ -90,7 +115,7 @@ class PrePrepare:
 
 
 @dataclass(frozen=True, slots=True)
-class Prepare:
+class Prepare(_Signed):
     """<PREPARE, v, n, d, i>_i (OSDI'99 §4.2)."""
 
     TYPE: ClassVar[str] = "prepare"
@@ -111,17 +136,9 @@ class Prepare:
             "digest": self.digest,
         }
 
-    def to_wire(self) -> dict[str, Any]:
-        return {
-            "type": self.TYPE,
-            **self.signed_body(),
-            "sender": self.sender,
-            "signature": self.signature,
-        }
-
 
 @dataclass(frozen=True, slots=True)
-class Commit:
+class Commit(_Signed):
     """<COMMIT, v, n, d, i>_i (OSDI'99 §4.2); its signature is the spec §4 commit vote."""
 
     TYPE: ClassVar[str] = "commit"
@@ -137,17 +154,9 @@ class Commit:
     def signed_body(self) -> dict[str, Any]:
         return commit_vote_body(self.chain_id, self.seq, self.view, self.digest)
 
-    def to_wire(self) -> dict[str, Any]:
-        return {
-            "type": self.TYPE,
-            **self.signed_body(),
-            "sender": self.sender,
-            "signature": self.signature,
-        }
-
 
 @dataclass(frozen=True, slots=True)
-class Checkpoint:
+class Checkpoint(_Signed):
     """<CHECKPOINT, n, d, i>_i (OSDI'99 §4.3); the state digest is the chained block_hash."""
 
     TYPE: ClassVar[str] = "checkpoint"
@@ -161,14 +170,6 @@ class Checkpoint:
 
     def signed_body(self) -> dict[str, Any]:
         return {"chain_id": self.chain_id, "seq": self.seq, "block_hash": self.block_hash}
-
-    def to_wire(self) -> dict[str, Any]:
-        return {
-            "type": self.TYPE,
-            **self.signed_body(),
-            "sender": self.sender,
-            "signature": self.signature,
-        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,7 +200,7 @@ class PreparedCert:
 
 
 @dataclass(frozen=True, slots=True)
-class ViewChange:
+class ViewChange(_Signed):
     """<VIEW-CHANGE, v+1, n, C, P, i>_i (OSDI'99 §4.4): the stable checkpoint ``stable_seq`` with
     its proof C (q CHECKPOINTs; empty for the genesis checkpoint 0) and P, a prepared certificate
     for every seq above it that prepared at this replica."""
@@ -226,17 +227,9 @@ class ViewChange:
             "prepared": [p.to_wire() for p in self.prepared],
         }
 
-    def to_wire(self) -> dict[str, Any]:
-        return {
-            "type": self.TYPE,
-            **self.signed_body(),
-            "sender": self.sender,
-            "signature": self.signature,
-        }
-
 
 @dataclass(frozen=True, slots=True)
-class NewView:
+class NewView(_Signed):
     """<NEW-VIEW, v+1, V, O>_p (OSDI'99 §4.4): q VIEW-CHANGEs and the re-proposals O, each a
     PRE-PREPARE (without batch) signed by the new primary, null batches filling the gaps."""
 
@@ -258,17 +251,9 @@ class NewView:
             "pre_prepares": [p.to_wire() for p in self.pre_prepares],
         }
 
-    def to_wire(self) -> dict[str, Any]:
-        return {
-            "type": self.TYPE,
-            **self.signed_body(),
-            "sender": self.sender,
-            "signature": self.signature,
-        }
-
 
 @dataclass(frozen=True, slots=True)
-class BatchRequest:
+class BatchRequest(_Signed):
     """Ask a peer for batches by digest (after a NEW-VIEW re-proposed batches we never saw)."""
 
     TYPE: ClassVar[str] = "batch_request"
@@ -282,17 +267,9 @@ class BatchRequest:
     def signed_body(self) -> dict[str, Any]:
         return {"chain_id": self.chain_id, "digests": list(self.digests)}
 
-    def to_wire(self) -> dict[str, Any]:
-        return {
-            "type": self.TYPE,
-            **self.signed_body(),
-            "sender": self.sender,
-            "signature": self.signature,
-        }
-
 
 @dataclass(frozen=True, slots=True)
-class BatchResponse:
+class BatchResponse(_Signed):
     """Batches answering a BATCH-REQUEST. They certify themselves by digest, so the signature
     covers only the digests (it identifies the sender, it does not vouch for the contents)."""
 
