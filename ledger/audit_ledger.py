@@ -645,23 +645,18 @@ class LedgerAudit:
             key.encode("utf-8"): _dump({"value": entry.value, "version": entry.version})
             for key, entry in view.entries.items()
         }
-        with self._txn.cursor(db=self._dbs["state"]) as cursor:
-            stored = _as_dict(cursor)
-        self.report.state_keys = len(stored)
-        if stored == expected:
-            return
-        for raw_key in sorted(stored.keys() | expected.keys()):
-            have, want = stored.get(raw_key), expected.get(raw_key)
-            if have == want:
-                continue
+
+        def mismatch(
+            raw_key: bytes, have: bytes | None, want: bytes | None
+        ) -> tuple[int | None, str]:
             key = raw_key.decode("utf-8", "replace")
             seq = view.key_written_at.get(key)
-            self._fail(
-                seq,
-                "state",
+            return seq, (
                 f"key {key!r}: stored {_shown(have)} but the replay gives {_shown(want)}"
-                + ("" if seq is None else f" (last written at seq {seq})"),
+                + ("" if seq is None else f" (last written at seq {seq})")
             )
+
+        self.report.state_keys = self._compare_table("state", expected, mismatch)
 
     def _check_balances(self) -> None:
         view = self._view
@@ -670,23 +665,36 @@ class LedgerAudit:
             bytes.fromhex(pubkey): balance.to_bytes(8, "big")
             for pubkey, balance in view.balances.items()
         }
-        with self._txn.cursor(db=self._dbs["balances"]) as cursor:
-            stored = _as_dict(cursor)
-        self.report.balances = len(stored)
-        if stored == expected:
-            return
-        for raw_key in sorted(stored.keys() | expected.keys()):
-            have, want = stored.get(raw_key), expected.get(raw_key)
-            if have == want:
-                continue
+
+        def mismatch(
+            raw_key: bytes, have: bytes | None, want: bytes | None
+        ) -> tuple[int | None, str]:
             pubkey = raw_key.hex()
             seq = view.balance_written_at.get(pubkey)
-            self._fail(
-                seq,
-                "balances",
+            return seq, (
                 f"account {pubkey}: stored balance {_balance(have)} but the replay gives "
-                f"{_balance(want)}" + ("" if seq is None else f" (last changed at seq {seq})"),
+                f"{_balance(want)}" + ("" if seq is None else f" (last changed at seq {seq})")
             )
+
+        self.report.balances = self._compare_table("balances", expected, mismatch)
+
+    def _compare_table(
+        self,
+        db: str,
+        expected: dict[bytes, bytes],
+        mismatch: Callable[[bytes, bytes | None, bytes | None], tuple[int | None, str]],
+    ) -> int:
+        """Fail, key by key, where sub-database ``db`` differs from what the replay expects
+        (``mismatch`` says at which seq and how); return how many entries it holds."""
+        with self._txn.cursor(db=self._dbs[db]) as cursor:
+            stored = _as_dict(cursor)
+        if stored != expected:
+            for raw_key in sorted(stored.keys() | expected.keys()):
+                have, want = stored.get(raw_key), expected.get(raw_key)
+                if have != want:
+                    seq, detail = mismatch(raw_key, have, want)
+                    self._fail(seq, db, detail)
+        return len(stored)
 
 
 # -- helpers ------------------------------------------------------------------------------------
