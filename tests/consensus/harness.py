@@ -59,6 +59,9 @@ class Node:
         return head
 
 
+VIEW_CHANGE_TIMEOUT = 5  # ticks: short, so view-change tests run in few steps
+
+
 class Cluster:
     def __init__(self, n: int = 4, tx_checker: TxChecker = accept_all, **params: Any) -> None:
         self.signers = [Ed25519Signer(bytes([i + 1]) * 32) for i in range(n)]
@@ -194,3 +197,15 @@ class Cluster:
 
     def drops(self, i: int, reason: str) -> int:
         return sum(c for (_, r), c in self.replica(i).dropped.items() if r == reason)
+
+
+def view_change_cluster(**params: Any) -> Cluster:
+    """A started cluster for view-change tests: one request per batch, a short timer."""
+    settings: dict[str, Any] = {
+        "batch_size_max": 1,
+        "view_change_timeout_ticks": VIEW_CHANGE_TIMEOUT,
+    }
+    settings.update(params)
+    cluster = Cluster(**settings)
+    cluster.tick()
+    return cluster

@@ -14,17 +14,14 @@ from consensus.messages import (
     decode_message,
     sign_message,
 )
-from tests.consensus.harness import CHAIN_ID, GENESIS_HASH, Cluster, make_tx
-
-TIMEOUT = 5
-
-
-def _cluster(**params: Any) -> Cluster:
-    settings: dict[str, Any] = {"batch_size_max": 1, "view_change_timeout_ticks": TIMEOUT}
-    settings.update(params)
-    cluster = Cluster(**settings)
-    cluster.tick()
-    return cluster
+from tests.consensus.harness import (
+    CHAIN_ID,
+    GENESIS_HASH,
+    VIEW_CHANGE_TIMEOUT,
+    Cluster,
+    make_tx,
+    view_change_cluster,
+)
 
 
 def _sent(cluster: Cluster, kind: str, by: int | None = None) -> list[dict[str, Any]]:
@@ -40,12 +37,12 @@ def test_silent_primary_is_replaced() -> None:
     """OSDI'99 §4.4: a backup whose request is not executed before its timer expires moves to
     view v + 1 with VIEW-CHANGE; the primary of v + 1 sends NEW-VIEW with q VIEW-CHANGEs and
     the pending requests are then ordered in the new view."""
-    cluster = _cluster()
+    cluster = view_change_cluster()
     cluster.filters.append(lambda s, r, w: s != 0)  # the primary of view 0 is silent
     txs = [make_tx(i) for i in range(3)]
     cluster.submit(txs)
     cluster.run_until(
-        lambda: all(cluster.executed(i) == 3 for i in (1, 2, 3)), ticks_max=4 * TIMEOUT
+        lambda: all(cluster.executed(i) == 3 for i in (1, 2, 3)), ticks_max=4 * VIEW_CHANGE_TIMEOUT
     )
     for i in (1, 2, 3):
         replica = cluster.replica(i)
@@ -59,7 +56,7 @@ def test_silent_primary_is_replaced() -> None:
 def test_prepared_batch_is_carried_into_the_new_view() -> None:
     """OSDI'99 §4.4: VIEW-CHANGE carries a prepared certificate for every prepared seq, and the
     new primary re-proposes the same digest at the same seq, which then commits in view v + 1."""
-    cluster = _cluster()
+    cluster = view_change_cluster()
     cluster.filters.append(lambda s, r, w: w["type"] != "commit")  # prepared, never committed
     cluster.submit([make_tx(1)])
     (proposal,) = _sent(cluster, "pre_prepare", by=0)
@@ -67,7 +64,7 @@ def test_prepared_batch_is_carried_into_the_new_view() -> None:
     # Now the primary falls silent (and view-0 COMMITs stay lost, even when retransmitted).
     cluster.filters[:] = [lambda s, r, w: s != 0 and not (w["type"] == "commit" and w["view"] == 0)]
     cluster.run_until(
-        lambda: all(cluster.executed(i) == 1 for i in (1, 2, 3)), ticks_max=4 * TIMEOUT
+        lambda: all(cluster.executed(i) == 1 for i in (1, 2, 3)), ticks_max=4 * VIEW_CHANGE_TIMEOUT
     )
     for i in (1, 2, 3):
         (block,) = cluster.nodes[i].ledger
@@ -81,7 +78,7 @@ def test_prepared_batch_is_carried_into_the_new_view() -> None:
 def test_gaps_are_filled_with_null_batches() -> None:
     """OSDI'99 §4.4: for a seq between min-s and max-s with no prepared certificate in the
     VIEW-CHANGEs, the new primary proposes a null request; its transactions are ordered later."""
-    cluster = _cluster()
+    cluster = view_change_cluster()
     # seq 2 reaches only replica 1 (never prepares); nothing commits.
     cluster.filters.append(
         lambda s, r, w: (
@@ -92,7 +89,7 @@ def test_gaps_are_filled_with_null_batches() -> None:
     cluster.submit(txs)
     cluster.filters[:] = [lambda s, r, w: s != 0 and not (w["type"] == "commit" and w["view"] == 0)]
     cluster.run_until(
-        lambda: all(cluster.executed(i) >= 4 for i in (1, 2, 3)), ticks_max=6 * TIMEOUT
+        lambda: all(cluster.executed(i) >= 4 for i in (1, 2, 3)), ticks_max=6 * VIEW_CHANGE_TIMEOUT
     )
     for i in (1, 2, 3):
         ledger = cluster.nodes[i].ledger
@@ -115,7 +112,7 @@ def _partial_view_change(cluster: Cluster) -> NewView:
     ]
     cluster.run_until(
         lambda: cluster.replica(1).view == 1 and not cluster.replica(1).in_view_change,
-        ticks_max=4 * TIMEOUT,
+        ticks_max=4 * VIEW_CHANGE_TIMEOUT,
     )
     (wire,) = _sent(cluster, "new_view", by=1)
     new_view = decode_message(wire)
@@ -128,7 +125,7 @@ def test_forged_new_view_is_recomputed_and_rejected() -> None:
     """OSDI'99 §4.4: a backup accepts NEW-VIEW only if its VIEW-CHANGEs are valid and O is what
     it computes itself from them; a primary dropping the prepared batch (null instead) or
     presenting fewer than q VIEW-CHANGEs is refused, even though it signs correctly."""
-    cluster = _cluster()
+    cluster = view_change_cluster()
     genuine = _partial_view_change(cluster)
     primary = cluster.signers[1]
     null = Batch.null(CHAIN_ID, 1)
@@ -150,7 +147,7 @@ def test_forged_new_view_is_recomputed_and_rejected() -> None:
 def test_join_on_f_plus_one_view_changes() -> None:
     """OSDI'99 §4.5.2: a replica that receives f + 1 valid VIEW-CHANGEs for views above its own
     sends a VIEW-CHANGE for the smallest of them, even before its timer expires."""
-    cluster = _cluster()
+    cluster = view_change_cluster()
     replica = cluster.replica(3)
     for i, view in ((1, 2), (2, 3)):
         vc = sign_message(cluster.signers[i], ViewChange(CHAIN_ID, view, 0, GENESIS_HASH, (), ()))
@@ -165,21 +162,21 @@ def test_join_on_f_plus_one_view_changes() -> None:
 def test_view_change_timeout_doubles() -> None:
     """OSDI'99 §4.5.2: if the timer expires before a valid NEW-VIEW arrives, the replica starts
     the view change for v + 2 and waits twice as long before moving to v + 3."""
-    cluster = _cluster()
+    cluster = view_change_cluster()
     cluster.filters.append(lambda s, r, w: s != 0 and w["type"] != "new_view")
     cluster.submit([make_tx(1)])
     moves: dict[int, int] = {}
-    for tick in range(12 * TIMEOUT):
+    for tick in range(12 * VIEW_CHANGE_TIMEOUT):
         moves.setdefault(cluster.replica(2).view, tick)
         cluster.tick()
     assert {1, 2, 3} <= set(moves)
-    assert moves[2] - moves[1] == TIMEOUT
-    assert moves[3] - moves[2] == 2 * TIMEOUT
+    assert moves[2] - moves[1] == VIEW_CHANGE_TIMEOUT
+    assert moves[3] - moves[2] == 2 * VIEW_CHANGE_TIMEOUT
 
 
 def test_messages_for_views_too_far_ahead_are_ignored() -> None:
     """Bounded state: a VIEW-CHANGE many views ahead is dropped, not stored."""
-    cluster = _cluster()
+    cluster = view_change_cluster()
     vc = sign_message(cluster.signers[1], ViewChange(CHAIN_ID, 10_000, 0, GENESIS_HASH, (), ()))
     cluster.inject(3, vc.to_wire())
     assert cluster.replica(3).dropped[(cluster.keys[1], "view_too_far")] == 1
@@ -188,7 +185,7 @@ def test_messages_for_views_too_far_ahead_are_ignored() -> None:
 def test_view_change_with_bad_prepared_certificate_is_dropped() -> None:
     """OSDI'99 §4.4: P must hold a pre-prepare from the primary of its view and 2f matching
     PREPAREs; a VIEW-CHANGE claiming a prepared batch without them is discarded."""
-    cluster = _cluster()
+    cluster = view_change_cluster()
     cluster.filters.append(lambda s, r, w: w["type"] != "commit")
     cluster.submit([make_tx(1)])
     pre_prepare = decode_message(_sent(cluster, "pre_prepare", by=0)[0])
@@ -203,14 +200,14 @@ def test_missing_batch_is_fetched_by_digest_after_new_view() -> None:
     """OSDI'99 §4.4: NEW-VIEW re-proposes digests only; a backup that lacks a re-proposed batch
     must obtain it elsewhere. Batches certify themselves by digest, so BATCH-REQUEST can be
     answered by any replica holding it."""
-    cluster = _cluster()
+    cluster = view_change_cluster()
     cluster.filters.append(
         lambda s, r, w: w["type"] != "commit" and not (w["type"] == "pre_prepare" and r == 3)
     )
     cluster.submit([make_tx(1)])
     (proposal,) = _sent(cluster, "pre_prepare", by=0)
     cluster.filters[:] = [lambda s, r, w: s != 0 and not (w["type"] == "commit" and w["view"] == 0)]
-    cluster.run_until(lambda: cluster.executed(3) == 1, ticks_max=4 * TIMEOUT)
+    cluster.run_until(lambda: cluster.executed(3) == 1, ticks_max=4 * VIEW_CHANGE_TIMEOUT)
     assert cluster.nodes[3].ledger[0].batch.digest == proposal["digest"]
     (request,) = _sent(cluster, "batch_request", by=3)
     assert request["digests"] == [proposal["digest"]]
