@@ -304,17 +304,7 @@ class NodeRuntime:
         self.metrics.observe_replica(self.replica, self.pool)
 
     def _execute(self, committed: Committed) -> None:
-        batch = committed.batch
-        results = self.store.append_block(committed)
-        tx_ids = [tx.tx_id for tx in batch.txs]
-        seq, block_hash = self.store.head()
-        submitted_at = self.pool.submitted_at(tx_ids)
-        self.pool.remove(tx_ids)
-        self.waiters.notify_committed(seq, tx_ids)
-        self.events.publish(
-            {"seq": seq, "hash": block_hash, "tx_count": len(tx_ids), "tx_ids": tx_ids}
-        )
-        self.metrics.observe_block(batch, results, submitted_at)
+        execute_block(committed, self.store, self.pool, self.waiters, self.events, self.metrics)
 
     # ---- what the API sees ------------------------------------------------------------------
 
@@ -349,6 +339,26 @@ class NodeRuntime:
         task = asyncio.create_task(coro)
         self._tasks.append(task)
         task.add_done_callback(self._tasks.remove)
+
+
+def execute_block(
+    committed: Committed,
+    store: LedgerStore,
+    pool: Pool,
+    waiters: CommitWaiters,
+    events: EventHub,
+    metrics: NodeMetrics,
+) -> None:
+    """Append ``committed`` to the ledger (one durable write), then take its transactions out
+    of the pool, wake the clients waiting for them, publish its block event, count it."""
+    results = store.append_block(committed)
+    tx_ids = [tx.tx_id for tx in committed.batch.txs]
+    seq, block_hash = store.head()
+    submitted_at = pool.submitted_at(tx_ids)
+    pool.remove(tx_ids)
+    waiters.notify_committed(seq, tx_ids)
+    events.publish({"seq": seq, "hash": block_hash, "tx_count": len(tx_ids), "tx_ids": tx_ids})
+    metrics.observe_block(committed.batch, results, submitted_at)
 
 
 def _relay_chunks(txs: list[Tx], bytes_max: int) -> list[list[dict[str, Any]]]:

@@ -20,6 +20,7 @@ from node.api import ApiContext, create_app
 from node.events import CommitWaiters, EventHub
 from node.metrics import NodeMetrics
 from node.pool import Pool
+from node.runtime import execute_block
 from tests.ledger.helpers import ALICE, VALIDATORS, committed, make_genesis, sign_tx
 
 
@@ -74,16 +75,7 @@ class ApiHarness:
         """Execute a block holding ``txs`` as the runtime does; its seq."""
         seq = self.store.head()[0] + 1
         block = committed(self.genesis, seq, txs)
-        results = self.store.append_block(block)
-        tx_ids = [tx.tx_id for tx in txs]
-        head_seq, head_hash = self.store.head()
-        times = self.pool.submitted_at(tx_ids)
-        self.pool.remove(tx_ids)
-        self.waiters.notify_committed(head_seq, tx_ids)
-        self.events.publish(
-            {"seq": head_seq, "hash": head_hash, "tx_count": len(tx_ids), "tx_ids": tx_ids}
-        )
-        self.metrics.observe_block(block.batch, results, times)
+        execute_block(block, self.store, self.pool, self.waiters, self.events, self.metrics)
         return seq
 
     def commit_accepted(self) -> int | None:
