@@ -31,13 +31,13 @@ from crypto.keys import KeyFileError, load_private_key
 from crypto.signing import Ed25519Verifier
 from ledger.genesis import GenesisError, load_genesis, replica_config
 from ledger.store import LedgerStore, StoreError
-from node.api import ApiContext, create_app
-from node.block_sync import MESSAGE_TYPES as BLOCK_SYNC_MESSAGES
-from node.block_sync import BlockSync
+from node.api.app import ApiContext, create_app
+from node.api.events import CommitWaiters, EventHub
 from node.config import ConfigError, NodeConfig
-from node.events import CommitWaiters, EventHub
 from node.metrics import NodeMetrics
-from node.peers import PeerNetwork
+from node.p2p.block_sync import MESSAGE_TYPES as BLOCK_SYNC_MESSAGES
+from node.p2p.block_sync import BlockSync
+from node.p2p.peers import PeerNetwork
 from node.pool import Pool
 
 INBOX_MAX = 20_000

@@ -21,7 +21,7 @@ from consensus.replica import Replica
 from consensus.sim.network import ConsensusWire, FetchReply, FetchRequest, Payload, Relay
 from crypto.signing import Signer, Verifier
 
-FETCH_BLOCKS_MAX = 64  # blocks per FetchReply, like node.block_sync's chunks
+FETCH_BLOCKS_MAX = 64  # blocks per FetchReply, like node.p2p.block_sync's chunks
 
 Target = int | str | None  # a host index (a reply), a validator key, or None: every other key
 
@@ -170,7 +170,7 @@ class HonestHost:
             self._execute(committed)
         transfer = output.state_transfer
         if transfer is not None and transfer.peers and transfer.seq > len(self.ledger):
-            # Rotate over the peers that vouched, as node.block_sync does when one fails us.
+            # Rotate over the peers that vouched, as node.p2p.block_sync does when one fails us.
             peer = transfer.peers[self._fetch_turn % len(transfer.peers)]
             self._fetch_turn += 1
             envelopes.append(Envelope(peer, FetchRequest(len(self.ledger) + 1, transfer.seq)))

@@ -39,7 +39,7 @@ class Relay:
 
 @dataclass(frozen=True, slots=True)
 class FetchRequest:
-    """State transfer: ask for committed blocks ``from_seq`` to ``to_seq`` (node.block_sync)."""
+    """State transfer: ask for committed blocks ``from_seq`` to ``to_seq`` (node.p2p.block_sync)."""
 
     from_seq: int
     to_seq: int

@@ -16,8 +16,8 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from consensus.batch import Tx
 from ledger.store import LedgerStore
-from node.api import ApiContext, create_app
-from node.events import CommitWaiters, EventHub
+from node.api.app import ApiContext, create_app
+from node.api.events import CommitWaiters, EventHub
 from node.metrics import NodeMetrics
 from node.pool import Pool
 from node.runtime import execute_block

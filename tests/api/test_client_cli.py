@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from crypto.canonical import canonical_json
+from node.cli import tx as tx_command
 from node.client import (
     ApiError,
     Client,
@@ -23,7 +24,6 @@ from node.client import (
     transfer_op,
     tx_id_of,
 )
-from node.commands import tx as tx_command
 from tests.api.harness import ApiHarness, Served, serve_in_thread
 from tests.ledger.helpers import ALICE, CAROL, genesis_document
 

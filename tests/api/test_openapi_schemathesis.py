@@ -13,7 +13,7 @@ import requests
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 
-from node.openapi import openapi_document
+from node.api.openapi import openapi_document
 from tests.api.harness import ApiHarness, Served, serve_in_thread
 from tests.ledger.helpers import ALICE, tx
 

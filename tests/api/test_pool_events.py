@@ -14,7 +14,7 @@ import node.pool as pool_module
 from consensus.batch import Tx
 from crypto.signing import TAG_TX
 from ledger.transaction import ValidTx, verify_transaction
-from node.events import CommitWaiters, EventHub, TooManyWaiters
+from node.api.events import CommitWaiters, EventHub, TooManyWaiters
 from node.pool import Pool
 from tests.api.harness import ApiHarness, run, set_tx
 from tests.ledger.helpers import ALICE, BOB, tx

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from ledger.audit import audit, audit_ledger
-from ledger.audit_ledger import Failure, LedgerReport
+from ledger.audit.checks import Failure, LedgerReport
 from node.cli import main
 from tests.audit.builder import (
     Built,
@@ -558,7 +558,7 @@ def test_receipt_of_another_chain_is_invalid(
 def test_progress_bar_draws_and_clears() -> None:
     import io
 
-    from node.commands.audit import _ProgressBar
+    from node.cli.audit import _ProgressBar
 
     quiet = io.StringIO()
     bar = _ProgressBar(quiet)  # a short audit shows nothing
@@ -580,7 +580,7 @@ def test_progress_bar_draws_and_clears() -> None:
 
 
 def test_failures_are_capped_but_counted(built: Built, tmp_path: Path) -> None:
-    from ledger.audit_ledger import FAILURES_KEPT_MAX
+    from ledger.audit.checks import FAILURES_KEPT_MAX
 
     report = LedgerReport("x")
     for i in range(FAILURES_KEPT_MAX + 5):

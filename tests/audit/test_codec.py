@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from crypto.canonical import MAX_SAFE_INTEGER, CanonicalJsonError, canonical_json
-from ledger.audit_codec import NotJsonError, canonical_bytes, is_canonical, load_json
+from ledger.audit.codec import NotJsonError, canonical_bytes, is_canonical, load_json
 
 # Characters that stress the fast path: controls, escapes, non-ASCII, the U+E000+ range whose
 # UTF-16 order differs from code point order against supplementary characters, and those.

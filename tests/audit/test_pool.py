@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from crypto.signing import Ed25519Signer
-from ledger.audit_pool import (
+from ledger.audit.pool import (
     SigCheck,
     SignaturePool,
     WorkerLostError,

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from crypto.canonical import CanonicalJsonError
-from node.framing import FrameError, FrameTooLarge, decode_payload, encode_frame, read_frame
+from node.p2p.framing import FrameError, FrameTooLarge, decode_payload, encode_frame, read_frame
 
 
 def read_all(data: bytes, frame_max: int = 1024, frames: int = 1) -> list[dict[str, Any]]:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from crypto.keys import load_private_key
-from node.commands import keygen
+from node.cli import keygen
 
 
 def phalanx_keygen(*argv: str) -> int:

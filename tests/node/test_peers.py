@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 from crypto.signing import Ed25519Signer
-from node.framing import encode_frame, read_frame
-from node.peers import TAG_HANDSHAKE, PeerNetwork
+from node.p2p.framing import encode_frame, read_frame
+from node.p2p.peers import TAG_HANDSHAKE, PeerNetwork
 
 CHAIN = "phalanx-test"
 GENESIS = "ab" * 32

@@ -18,7 +18,7 @@ import pytest
 from crypto.hashing import hash_object
 from crypto.keys import load_private_key
 from node import testnet
-from node.commands import testnet as testnet_command
+from node.cli import testnet as testnet_command
 from node.config import load_config
 
 FAKE_NODE = Path(__file__).with_name("fake_node.py")

@@ -1,4 +1,4 @@
-"""State transfer (node/block_sync.py) against fake peers: honest ones serving a real ledger,
+"""State transfer (node/p2p/block_sync.py) against fake peers: honest ones serving a real ledger,
 liars tampering with what they serve, silent ones, and ones claiming blocks they do not hold.
 
 The fetched blocks are applied to a second real ledger, as the node does, so the checks are on
@@ -19,8 +19,8 @@ import pytest
 from consensus.output import Committed
 from ledger.genesis import Genesis
 from ledger.store import LedgerStore, committed_from_block
-from node import block_sync
-from node.block_sync import (
+from node.p2p import block_sync
+from node.p2p.block_sync import (
     FETCH_REQUEST,
     HEAD,
     BadBlocks,

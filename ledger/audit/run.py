@@ -1,8 +1,8 @@
 """The offline audit (spec §7): verify ledgers from their LMDB files and compare them.
 
 :func:`audit` opens each data directory read-only (one LMDB read transaction, so it works while
-the node writes), runs the checks of ``ledger/audit_ledger.py`` with the signature checks spread
-over worker processes or threads (``ledger/audit_pool.py``), and then compares the ledgers block
+the node writes), runs the checks of ``ledger/audit/checks.py`` with the signature checks spread
+over worker processes or threads (``ledger/audit/pool.py``), and then compares the ledgers block
 hash by block hash: the first seq at which two ledgers hold different hashes is a divergence.
 A ledger that is a prefix of another (it is behind) is not.
 
@@ -40,8 +40,8 @@ from typing import Any
 
 import lmdb
 
-from ledger.audit_ledger import Failure, LedgerAudit, LedgerReport
-from ledger.audit_pool import SignaturePool
+from ledger.audit.checks import Failure, LedgerAudit, LedgerReport
+from ledger.audit.pool import SignaturePool
 from ledger.genesis import Genesis
 from ledger.store import StoreError, _open_dbs, _open_reader_env, check_data_file
 
@@ -130,7 +130,7 @@ def audit_ledger(
 ) -> LedgerReport:
     """Audit one ledger against ``genesis`` (None: the genesis the ledger stores), verifying
     signatures in ``pool``, or in a pool of ``workers`` made for this call (``processes``: see
-    :class:`ledger.audit_pool.SignaturePool`)."""
+    :class:`ledger.audit.pool.SignaturePool`)."""
     path = check_data_dir(data_dir)
     if pool is None:
         # The pool forks its workers before the ledger is opened: no child holds the LMDB env.

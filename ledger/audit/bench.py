@@ -33,7 +33,7 @@ from consensus.output import Certificate, Committed
 from crypto.canonical import canonical_json
 from crypto.signing import TAG_COMMIT, TAG_TX, Ed25519Signer
 from ledger.audit import audit_ledger
-from ledger.audit_pool import can_fork
+from ledger.audit.pool import can_fork
 from ledger.genesis import Genesis, genesis_from_document, load_genesis
 from ledger.store import LedgerStore
 

@@ -4,7 +4,7 @@
     phalanx audit verify-receipt RECEIPT.json --genesis FILE [--json]
 
 The first form opens each ledger read-only (also while its node runs), re-derives every hash,
-signature, result and state entry from the genesis (see ``ledger/audit.py`` for the checks and
+signature, result and state entry from the genesis (see ``ledger/audit/run.py`` for the checks and
 the ``--json`` shape), then compares the ledgers block hash by block hash. The second checks a
 spec §5 receipt against the genesis.
 

@@ -47,7 +47,7 @@ from typing import Any
 
 from crypto.hexcodec import KEY_HEX_LEN, SIGNATURE_HEX_LEN, is_hex
 from crypto.signing import Ed25519Verifier, Signer
-from node.framing import FRAME_MAX_DEFAULT, FrameError, FrameTooLarge, encode_frame, read_frame
+from node.p2p.framing import FRAME_MAX_DEFAULT, FrameError, FrameTooLarge, encode_frame, read_frame
 
 TAG_HANDSHAKE = "phalanx/handshake/v1"
 CHALLENGE_LEN = 32

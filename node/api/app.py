@@ -36,10 +36,10 @@ from crypto.hashing import hash_object
 from crypto.hexcodec import HASH_HEX_LEN, KEY_HEX_LEN, is_hex
 from crypto.signing import is_valid_public_key
 from ledger.transaction import BAD_SIGNATURE, BODY_BYTES_MAX, MALFORMED, TOO_LARGE
-from node.events import CommitWaiters, EventHub, TooManyWaiters
+from node.api.events import CommitWaiters, EventHub, TooManyWaiters
+from node.api.openapi import openapi_document
 from node.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from node.metrics import NodeMetrics
-from node.openapi import openapi_document
 from node.pool import POOL_FULL, STATUS_COMMITTED, STATUS_PENDING, SubmitResult
 
 BODY_MAX_BYTES_DEFAULT = 1024 * 1024

@@ -1,4 +1,4 @@
-"""The ``phalanx`` command. Each subcommand lives in its own module under ``node/commands/``,
+"""The ``phalanx`` command. Each subcommand lives in its own module in this package (``node/cli/``),
 which exposes ``register(subparsers)``: it adds its parser and sets ``func`` to a callable that
 takes the parsed arguments and returns the process exit code."""
 
@@ -9,7 +9,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-# Modules under node/commands/, each registering one top-level subcommand.
+# Modules under node/cli/, each registering one top-level subcommand.
 COMMAND_MODULES = ("keygen", "node", "testnet", "tx", "audit")
 
 EXIT_USAGE = 2
@@ -21,7 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:
-        module = importlib.import_module(f"node.commands.{name}")
+        module = importlib.import_module(f"node.cli.{name}")
         module.register(subparsers)
     return parser
 

@@ -14,7 +14,7 @@ snapshot, so that it also works beside a running node:
 - after the last block: the tx index, the state and the balances against the replay's.
 
 Each problem becomes a :class:`Failure` naming the seq and the check. The checks are written as
-a generator of small steps that yield the signatures to verify; ``ledger/audit_pool.py`` runs
+a generator of small steps that yield the signatures to verify; ``ledger/audit/pool.py`` runs
 them on several threads.
 """
 
@@ -33,8 +33,8 @@ from crypto.canonical import CanonicalJsonError, canonical_json
 from crypto.hexcodec import HASH_HEX_LEN, SIGNATURE_HEX_LEN, is_hex
 from crypto.merkle import merkle_root
 from crypto.signing import TAG_COMMIT, TAG_TX
-from ledger.audit_codec import NotJsonError, canonical_bytes, is_canonical, load_json
-from ledger.audit_pool import SigCheck
+from ledger.audit.codec import NotJsonError, canonical_bytes, is_canonical, load_json
+from ledger.audit.pool import SigCheck
 from ledger.genesis import Genesis, GenesisError, genesis_from_document
 from ledger.state_machine import (
     DUPLICATE,
@@ -157,7 +157,7 @@ class _ReplayState(DictState):
 
 class LedgerAudit:
     """The checks of one ledger over one read transaction. Run :meth:`steps` to the end (through
-    :func:`ledger.audit_pool.run_steps`), then hand the failed signatures to :meth:`finish`."""
+    :func:`ledger.audit.pool.run_steps`), then hand the failed signatures to :meth:`finish`."""
 
     def __init__(
         self,

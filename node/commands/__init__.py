@@ -1,1 +1,0 @@
-"""Subcommands of the `phalanx` command, one module each."""
