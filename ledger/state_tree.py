@@ -1,0 +1,413 @@
+"""The state tree of spec §5: a sparse Merkle tree over every key entry and non-zero balance.
+
+Each entry has a 256-bit path (``H(JCS({"kind", "key"|"pubkey"}))``) and leaf data (the entry's
+JCS); ``leaf_hash = H(0x00 || path || H(data))`` and an inner node hashes
+``H(0x01 || left || right)``. A subtree without entries hashes to ``0^32``, and a subtree with
+exactly one entry hashes to that entry's leaf hash at whatever depth, so the tree only has as
+many levels as it takes to tell its paths apart (about log2 of the entry count).
+
+Storage. The tree is kept as *node records* behind the small :class:`NodeStore` interface, so
+the LMDB ledger can keep them in its own write transaction (a restart reads them back instead of
+rebuilding anything). A record sits at each *position* that holds a leaf or an inner node;
+a position is the depth (2 bytes, big-endian) followed by the path prefix of that many bits
+(``ceil(depth / 8)`` bytes, the unused low bits zero). Records:
+
+- ``b"L" || path || data_hash`` (65 bytes): a single-entry subtree (the entry's leaf),
+- ``b"I" || left_hash || right_hash`` (65 bytes): an inner node (two or more entries below).
+
+Empty subtrees have no record. Records exist only at live positions: whenever a subtree
+collapses (a deletion leaves one entry) the records below it are removed.
+
+Updates are incremental: :meth:`StateTree.update` takes the entries a block changed and rewrites
+only the positions on their paths (children the update does not touch keep their hash, read from
+the parent's record), so a block costs O(changes * depth) hashes whatever the size of the state.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping, MutableMapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from crypto.canonical import canonical_json
+from crypto.hexcodec import HASH_HEX_LEN, is_hex
+
+HASH_LEN = 32
+PATH_BITS = 256
+EMPTY = bytes(HASH_LEN)
+_LEAF = b"L"
+_INNER = b"I"
+_RECORD_LEN = 1 + 2 * HASH_LEN
+
+
+def _sha256(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()
+
+
+# -- entries: paths and leaf data (spec §5) ---------------------------------------------------
+
+
+def kv_path(key: str) -> bytes:
+    return _sha256(canonical_json({"kind": "kv", "key": key}))
+
+
+def balance_path(pubkey: str) -> bytes:
+    return _sha256(canonical_json({"kind": "balance", "pubkey": pubkey}))
+
+
+def kv_leaf_data(key: str, value: Any, version: int, owner: str) -> bytes:
+    return canonical_json(
+        {"kind": "kv", "key": key, "value": value, "version": version, "owner": owner}
+    )
+
+
+def balance_leaf_data(pubkey: str, balance: int) -> bytes:
+    return canonical_json({"kind": "balance", "pubkey": pubkey, "balance": balance})
+
+
+def data_hash(leaf_data: bytes) -> bytes:
+    return _sha256(leaf_data)
+
+
+def leaf_hash(path: bytes, data_hash_: bytes) -> bytes:
+    return _sha256(b"\x00" + path + data_hash_)
+
+
+def inner_hash(left: bytes, right: bytes) -> bytes:
+    return _sha256(b"\x01" + left + right)
+
+
+def bit(path: bytes, i: int) -> int:
+    """Bit ``i`` of a path: bit 0 chooses the root's child (0 = left)."""
+    return (path[i >> 3] >> (7 - (i & 7))) & 1
+
+
+def position(path: bytes, depth: int) -> bytes:
+    """The record key of the subtree at ``depth`` on ``path``'s side."""
+    nbytes = (depth + 7) >> 3
+    prefix = bytearray(path[:nbytes])
+    if depth & 7:
+        prefix[-1] &= (0xFF << (8 - (depth & 7))) & 0xFF
+    return depth.to_bytes(2, "big") + bytes(prefix)
+
+
+def _with_bit(path: bytes, i: int, value: int) -> bytes:
+    raw = bytearray(path)
+    mask = 1 << (7 - (i & 7))
+    raw[i >> 3] = (raw[i >> 3] | mask) if value else (raw[i >> 3] & ~mask & 0xFF)
+    return bytes(raw)
+
+
+# -- node storage -------------------------------------------------------------------------------
+
+
+class NodeStore(Protocol):
+    """Where the tree keeps its records (see the module docstring for their format)."""
+
+    def get_node(self, pos: bytes) -> bytes | None: ...
+
+    def put_node(self, pos: bytes, record: bytes) -> None: ...
+
+    def delete_node(self, pos: bytes) -> None: ...
+
+
+class MemoryNodeStore:
+    """A :class:`NodeStore` in a dict (tests, audit replay, tools)."""
+
+    def __init__(self, records: MutableMapping[bytes, bytes] | None = None) -> None:
+        self.records: MutableMapping[bytes, bytes] = {} if records is None else records
+
+    def get_node(self, pos: bytes) -> bytes | None:
+        return self.records.get(pos)
+
+    def put_node(self, pos: bytes, record: bytes) -> None:
+        self.records[pos] = record
+
+    def delete_node(self, pos: bytes) -> None:
+        self.records.pop(pos, None)
+
+
+@dataclass(frozen=True, slots=True)
+class _Node:
+    """A decoded record: ``kind`` is "E" (empty), "L" (a, b = path, data_hash) or "I" (a, b =
+    left hash, right hash)."""
+
+    kind: str
+    a: bytes = b""
+    b: bytes = b""
+
+    def hash(self) -> bytes:
+        if self.kind == "L":
+            return leaf_hash(self.a, self.b)
+        if self.kind == "I":
+            return inner_hash(self.a, self.b)
+        return EMPTY
+
+    def record(self) -> bytes:
+        if self.kind == "E":
+            raise ValueError("an empty subtree has no record")
+        return (_LEAF if self.kind == "L" else _INNER) + self.a + self.b
+
+
+_EMPTY_NODE = _Node("E")
+
+
+class StateTreeDamaged(ValueError):
+    """A stored node record is malformed: the node storage is damaged."""
+
+
+def _decode(record: bytes | None, pos: bytes) -> _Node:
+    if record is None:
+        return _EMPTY_NODE
+    record = bytes(record)
+    if len(record) != _RECORD_LEN or record[:1] not in (_LEAF, _INNER):
+        raise StateTreeDamaged(f"state tree record at position {pos.hex()} is malformed")
+    kind = "L" if record[:1] == _LEAF else "I"
+    return _Node(kind, record[1 : 1 + HASH_LEN], record[1 + HASH_LEN :])
+
+
+# -- proofs -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StateProof:
+    """Spec §5 state proof: sibling hashes from the root down, and for an absence that ends at
+    another entry, that entry's ``(path, data_hash)``."""
+
+    siblings: tuple[bytes, ...]
+    leaf: tuple[bytes, bytes] | None
+
+    def to_wire(self) -> dict[str, Any]:
+        leaf = None
+        if self.leaf is not None:
+            leaf = {"path": self.leaf[0].hex(), "data_hash": self.leaf[1].hex()}
+        return {"siblings": [s.hex() for s in self.siblings], "leaf": leaf}
+
+
+@dataclass(frozen=True)
+class Lookup:
+    """What the tree holds on a path: the entry's data hash (None if absent) and its proof."""
+
+    data_hash: bytes | None
+    proof: StateProof
+
+
+def proof_shape(proof: Any) -> list[str]:
+    """Why ``proof`` (untrusted JSON) is not a well-formed state proof; empty if it is."""
+    if not isinstance(proof, Mapping) or set(proof) != {"siblings", "leaf"}:
+        return ['state_proof must be an object with exactly "siblings" and "leaf"']
+    siblings, leaf = proof["siblings"], proof["leaf"]
+    failures = []
+    if not isinstance(siblings, list) or len(siblings) > PATH_BITS:
+        failures.append(f"state_proof.siblings must be a list of at most {PATH_BITS} hashes")
+    elif not all(is_hex(s, HASH_HEX_LEN) for s in siblings):
+        failures.append("each state_proof sibling must be 64 lowercase hex characters")
+    if leaf is not None and (
+        not isinstance(leaf, Mapping)
+        or set(leaf) != {"path", "data_hash"}
+        or not is_hex(leaf["path"], HASH_HEX_LEN)
+        or not is_hex(leaf["data_hash"], HASH_HEX_LEN)
+    ):
+        failures.append('state_proof.leaf must be null or {"path", "data_hash"} (64 hex each)')
+    return failures
+
+
+def proof_from_wire(proof: Any) -> StateProof:
+    """Decode a wire proof; ValueError (with the reasons) if it is malformed."""
+    failures = proof_shape(proof)
+    if failures:
+        raise ValueError("; ".join(failures))
+    leaf = proof["leaf"]
+    return StateProof(
+        tuple(bytes.fromhex(s) for s in proof["siblings"]),
+        None if leaf is None else (bytes.fromhex(leaf["path"]), bytes.fromhex(leaf["data_hash"])),
+    )
+
+
+def root_from_proof(path: bytes, data_hash_: bytes | None, proof: StateProof) -> bytes | None:
+    """The root a proof implies for ``path`` holding ``data_hash_`` (None: absent), or None if
+    the proof cannot prove that at all (a leaf given for a present entry, or a leaf that does not
+    share the proof's prefix with ``path`` or is ``path`` itself)."""
+    depth = len(proof.siblings)
+    if len(path) != HASH_LEN or depth > PATH_BITS:
+        return None
+    if data_hash_ is not None:
+        if proof.leaf is not None:
+            return None
+        h = leaf_hash(path, data_hash_)
+    elif proof.leaf is None:
+        h = EMPTY
+    else:
+        other, other_hash = proof.leaf
+        if other == path or len(other) != HASH_LEN or len(other_hash) != HASH_LEN:
+            return None
+        if any(bit(other, i) != bit(path, i) for i in range(depth)):
+            return None
+        h = leaf_hash(other, other_hash)
+    for i in range(depth - 1, -1, -1):
+        sibling = proof.siblings[i]
+        h = inner_hash(h, sibling) if bit(path, i) == 0 else inner_hash(sibling, h)
+    return h
+
+
+def verify_proof(
+    path: bytes, data_hash_: bytes | None, proof: StateProof, state_root: bytes
+) -> bool:
+    return root_from_proof(path, data_hash_, proof) == state_root
+
+
+# -- the tree -----------------------------------------------------------------------------------
+
+_ROOT_POS = position(EMPTY, 0)
+
+
+class StateTree:
+    """The state tree over a :class:`NodeStore`. Not thread-safe: one writer at a time."""
+
+    def __init__(self, store: NodeStore) -> None:
+        self._store = store
+
+    def root(self) -> bytes:
+        return self._read(_ROOT_POS).hash()
+
+    def update(self, changes: Mapping[bytes, bytes | None]) -> bytes:
+        """Set each ``path -> data_hash`` (None removes the entry); return the new root."""
+        if not changes:
+            return self.root()
+        for path, value in changes.items():
+            if len(path) != HASH_LEN or (value is not None and len(value) != HASH_LEN):
+                raise ValueError("state tree paths and data hashes are 32 bytes")
+        ordered = sorted(changes.items())
+        writes: dict[bytes, bytes | None] = {}
+        new_root = self._update(0, ordered[0][0], self._read(_ROOT_POS), ordered, writes)
+        writes[_ROOT_POS] = None if new_root.kind == "E" else new_root.record()
+        for pos, record in writes.items():
+            if record is None:
+                self._store.delete_node(pos)
+            else:
+                self._store.put_node(pos, record)
+        return new_root.hash()
+
+    def lookup(self, path: bytes) -> Lookup:
+        """The entry on ``path`` (its data hash, or None) with its proof."""
+        siblings: list[bytes] = []
+        node = self._read(_ROOT_POS)
+        depth = 0
+        while node.kind == "I":
+            side = bit(path, depth)
+            siblings.append(node.a if side else node.b)
+            child = node.b if side else node.a
+            depth += 1
+            if child == EMPTY:
+                return Lookup(None, StateProof(tuple(siblings), None))
+            node = self._read(position(path, depth))
+            if node.kind == "E":
+                raise StateTreeDamaged(f"state tree record at depth {depth} is missing")
+        if node.kind == "E":
+            return Lookup(None, StateProof(tuple(siblings), None))
+        if node.a == path:
+            return Lookup(node.b, StateProof(tuple(siblings), None))
+        return Lookup(None, StateProof(tuple(siblings), (node.a, node.b)))
+
+    def _read(self, pos: bytes) -> _Node:
+        return _decode(self._store.get_node(pos), pos)
+
+    def _update(
+        self,
+        depth: int,
+        rep: bytes,
+        node: _Node,
+        changes: Sequence[tuple[bytes, bytes | None]],
+        writes: dict[bytes, bytes | None],
+    ) -> _Node:
+        """The new node at ``(depth, rep's prefix)`` after ``changes`` (all under it). Writes the
+        records strictly below this position; the caller writes this position's own."""
+        if node.kind == "E":
+            return self._build(depth, [(p, h) for p, h in changes if h is not None], writes)
+        if node.kind == "L":
+            merged = {node.a: node.b}
+            for path, value in changes:
+                if value is None:
+                    merged.pop(path, None)
+                else:
+                    merged[path] = value
+            return self._build(depth, sorted(merged.items()), writes)
+        sides = (
+            [c for c in changes if not bit(c[0], depth)],
+            [c for c in changes if bit(c[0], depth)],
+        )
+        old = (node.a, node.b)
+        new: list[_Node | None] = [None, None]
+        hashes = [node.a, node.b]
+        positions = [position(_with_bit(rep, depth, s), depth + 1) for s in (0, 1)]
+        for s in (0, 1):
+            if sides[s]:
+                child = self._read(positions[s]) if old[s] != EMPTY else _EMPTY_NODE
+                updated = self._update(depth + 1, sides[s][0][0], child, sides[s], writes)
+                new[s] = updated
+                hashes[s] = updated.hash()
+        for s in (0, 1):
+            if hashes[s] == EMPTY:
+                touched = new[1 - s]
+                if touched is not None:
+                    other = touched
+                elif hashes[1 - s] != EMPTY:
+                    other = self._read(positions[1 - s])
+                else:
+                    other = _EMPTY_NODE
+                if other.kind != "I":
+                    # Zero or one entry left under this position: it collapses to that.
+                    writes[positions[0]] = None
+                    writes[positions[1]] = None
+                    return other
+        for s in (0, 1):
+            child = new[s]
+            if child is not None:
+                writes[positions[s]] = None if child.kind == "E" else child.record()
+        return _Node("I", hashes[0], hashes[1])
+
+    def _build(
+        self, depth: int, entries: Sequence[tuple[bytes, bytes]], writes: dict[bytes, bytes | None]
+    ) -> _Node:
+        """The subtree of ``entries`` (sorted, sharing ``depth`` prefix bits), built afresh."""
+        if not entries:
+            return _EMPTY_NODE
+        if len(entries) == 1:
+            return _Node("L", entries[0][0], entries[0][1])
+        if depth >= PATH_BITS:
+            raise ValueError("two state entries share one path")
+        split = next((i for i, e in enumerate(entries) if bit(e[0], depth)), len(entries))
+        children = (entries[:split], entries[split:])
+        hashes = []
+        for part in children:
+            child = self._build(depth + 1, part, writes)
+            if part:
+                writes[position(part[0][0], depth + 1)] = child.record()
+            hashes.append(child.hash())
+        return _Node("I", hashes[0], hashes[1])
+
+
+def root_of(entries: Mapping[bytes, bytes]) -> bytes:
+    """The root over ``path -> data_hash`` computed from scratch (audit, tests, tools)."""
+    tree = StateTree(MemoryNodeStore())
+    return tree.update(dict(entries))
+
+
+def entry_changes(
+    kv: Iterable[tuple[str, Any, int, str] | tuple[str, None, None, None]],
+    balances: Iterable[tuple[str, int]],
+) -> dict[bytes, bytes | None]:
+    """Tree changes for entries given as ``(key, value, version, owner)`` (``version`` None:
+    deleted) and ``(pubkey, balance)`` (0: removed)."""
+    changes: dict[bytes, bytes | None] = {}
+    for key, value, version, owner in kv:
+        if version is None or owner is None:
+            changes[kv_path(key)] = None
+        else:
+            changes[kv_path(key)] = data_hash(kv_leaf_data(key, value, version, owner))
+    for pubkey, balance in balances:
+        changes[balance_path(pubkey)] = (
+            data_hash(balance_leaf_data(pubkey, balance)) if balance else None
+        )
+    return changes
