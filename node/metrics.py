@@ -16,7 +16,17 @@ metric                                  type       meaning
 ``phalanx_commit_latency_seconds``      histogram  submission to this node -> execution
 ``phalanx_dropped_peer_messages_total`` counter    peer input refused, by ``reason``
 ``phalanx_event_subscribers``           gauge      connected ``/v1/events`` clients
+``phalanx_peers_connected``             gauge      validators with an authenticated link now
+``phalanx_build_info``                  gauge      1, labelled ``version`` and ``python``
+``phalanx_batch_size``                  histogram  transactions per executed block
+``phalanx_view_change_starts_total``    counter    view changes this node began, by ``reason``
+                                                   (``node.consensus_log``)
+``process_*``, ``python_*``             various    prometheus_client's default collectors
 ======================================  =========  ==========================================
+
+Every counter exists from the start at 0 (labelled ones for their known labels), so that
+``rate()`` and alerts see a series before the first event. :meth:`NodeMetrics.series` keeps the
+last minutes of committed transactions and commit latency per second for the dashboard.
 """
 
 from __future__ import annotations
@@ -27,6 +37,9 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
     CollectorRegistry,
     Counter,
     Gauge,
@@ -36,6 +49,8 @@ from prometheus_client import (
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from node.version import phalanx_version, python_version
+
 # The *_created series (process-wide switch) only add noise to a node's scrape.
 disable_created_metrics()  # type: ignore[no-untyped-call]
 
@@ -43,6 +58,10 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 LATENCY_BUCKETS_S = (
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 )  # fmt: skip
+BATCH_SIZE_BUCKETS = (0, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
+VIEW_CHANGE_REASONS = ("request_timeout", "new_view_timeout", "joined_higher_view")
+KNOWN_DROP_REASONS = ("inbox_full", "bad_relay")
+SERIES_SECONDS = 300  # the dashboard's charts: the last five minutes, one point per second
 TX_RATE_WINDOW_S = 10.0
 DROP_REASONS_MAX = 256  # distinct reason labels; more are counted under "other"
 
@@ -81,10 +100,19 @@ class BatchView(Protocol):
 class NodeMetrics:
     """The node's metrics; :meth:`render` gives the ``/metrics`` text."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
         self._clock = clock
+        self._wall_clock = wall_clock
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+        # The process-wide default collectors (CPU, memory, file descriptors, GC, Python
+        # version) registered in our own registry as well.
+        for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+            r.register(collector)
         self.committed_seq = Gauge(
             "phalanx_committed_seq", "Last executed sequence number", registry=r
         )
@@ -127,6 +155,34 @@ class NodeMetrics:
         self.event_subscribers = Gauge(
             "phalanx_event_subscribers", "Connected /v1/events clients", registry=r
         )
+        self.peers_connected = Gauge(
+            "phalanx_peers_connected", "Validators with an authenticated peer link", registry=r
+        )
+        self.build_info = Gauge(
+            "phalanx_build_info",
+            "Always 1; the labels name the build",
+            ["version", "python"],
+            registry=r,
+        )
+        self.build_info.labels(version=phalanx_version(), python=python_version()).set(1)
+        self.batch_size = Histogram(
+            "phalanx_batch_size",
+            "Transactions per executed block",
+            buckets=BATCH_SIZE_BUCKETS,
+            registry=r,
+        )
+        self.view_change_starts = Counter(
+            "phalanx_view_change_starts",
+            "View changes this node began, by reason",
+            ["reason"],
+            registry=r,
+        )
+        for reason in VIEW_CHANGE_REASONS:
+            self.view_change_starts.labels(reason=reason)
+        for reason in KNOWN_DROP_REASONS:
+            self.dropped_peer_messages.labels(reason=reason)
+        # Per wall-clock second: [second, committed txs, latency sum (s), latency count].
+        self._series: deque[list[float]] = deque(maxlen=SERIES_SECONDS)
         self._recent_blocks: deque[tuple[float, int]] = deque()  # (when, tx count)
         self._last_view: int | None = None
         self._replica: ReplicaView | None = None
@@ -160,10 +216,40 @@ class NodeMetrics:
         failed = sum(1 for result in results if not result.get("ok"))
         if failed:
             self.failed_txs.inc(failed)
+        self.batch_size.observe(len(batch.txs))
         now = self._clock()
         self._recent_blocks.append((now, len(batch.txs)))
+        bucket = self._bucket()
+        bucket[1] += len(batch.txs)
         for at in submitted_at:
-            self.commit_latency.observe(max(0.0, now - at))
+            latency = max(0.0, now - at)
+            self.commit_latency.observe(latency)
+            bucket[2] += latency
+            bucket[3] += 1
+
+    def _bucket(self) -> list[float]:
+        second = float(int(self._wall_clock()))
+        if not self._series or self._series[-1][0] != second:
+            self._series.append([second, 0.0, 0.0, 0.0])
+        return self._series[-1]
+
+    def series(self) -> list[dict[str, Any]]:
+        """The last SERIES_SECONDS seconds, one point per second (seconds with no block too):
+        ``{"t_ms", "txs", "latency_ms"}`` (``latency_ms`` the mean of the transactions this
+        node took in and executed that second, null if none)."""
+        now = int(self._wall_clock())
+        by_second = {int(b[0]): b for b in self._series}
+        points = []
+        for second in range(now - SERIES_SECONDS + 1, now + 1):
+            b = by_second.get(second)
+            latency = None if b is None or b[3] == 0 else round(b[2] / b[3] * 1000, 1)
+            points.append(
+                {"t_ms": second * 1000, "txs": 0 if b is None else int(b[1]), "latency_ms": latency}
+            )
+        return points
+
+    def observe_peers(self, connected: int) -> None:
+        self.peers_connected.set(connected)
 
     def drop(self, reason: str, count: int = 1) -> None:
         self.dropped_peer_messages.labels(reason=reason).inc(count)
