@@ -25,6 +25,7 @@ the parent's record), so a block costs O(changes * depth) hashes whatever the si
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 from collections.abc import Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
@@ -92,11 +93,25 @@ def position(path: bytes, depth: int) -> bytes:
     return depth.to_bytes(2, "big") + bytes(prefix)
 
 
-def _with_bit(path: bytes, i: int, value: int) -> bytes:
+def _child_position(path: bytes, depth: int, side: int) -> bytes:
+    """The position of the child on ``side`` of the node at ``depth`` on ``path``."""
     raw = bytearray(path)
-    mask = 1 << (7 - (i & 7))
-    raw[i >> 3] = (raw[i >> 3] | mask) if value else (raw[i >> 3] & ~mask & 0xFF)
-    return bytes(raw)
+    mask = 1 << (7 - (depth & 7))
+    raw[depth >> 3] = (raw[depth >> 3] | mask) if side else (raw[depth >> 3] & ~mask & 0xFF)
+    return position(bytes(raw), depth + 1)
+
+
+def _split_point(changes: Sequence[tuple[bytes, bytes | None]], depth: int) -> int:
+    """Index of the first change whose bit ``depth`` is 1 (changes sorted, sharing ``depth``
+    prefix bits): a binary search for the smallest such path."""
+    if len(changes) < 8:
+        for i, change in enumerate(changes):
+            if bit(change[0], depth):
+                return i
+        return len(changes)
+    shift = PATH_BITS - 1 - depth
+    first_one = ((int.from_bytes(changes[0][0], "big") >> shift) | 1) << shift
+    return bisect.bisect_left(changes, (first_one.to_bytes(HASH_LEN, "big"),))
 
 
 # -- node storage -------------------------------------------------------------------------------
@@ -333,18 +348,20 @@ class StateTree:
                 else:
                     merged[path] = value
             return self._build(depth, sorted(merged.items()), writes)
-        sides = (
-            [c for c in changes if not bit(c[0], depth)],
-            [c for c in changes if bit(c[0], depth)],
-        )
+        cut = _split_point(changes, depth)
+        sides = (changes[:cut], changes[cut:])
         old = (node.a, node.b)
         new: list[_Node | None] = [None, None]
         hashes = [node.a, node.b]
-        positions = [position(_with_bit(rep, depth, s), depth + 1) for s in (0, 1)]
+        # A child's position is taken from a path under it; only computed when needed.
+        positions: list[bytes | None] = [None, None]
         for s in (0, 1):
-            if sides[s]:
-                child = self._read(positions[s]) if old[s] != EMPTY else _EMPTY_NODE
-                updated = self._update(depth + 1, sides[s][0][0], child, sides[s], writes)
+            side = sides[s]
+            if side:
+                child_pos = position(side[0][0], depth + 1)
+                positions[s] = child_pos
+                child = self._read(child_pos) if old[s] != EMPTY else _EMPTY_NODE
+                updated = self._update(depth + 1, side[0][0], child, side, writes)
                 new[s] = updated
                 hashes[s] = updated.hash()
         for s in (0, 1):
@@ -353,18 +370,18 @@ class StateTree:
                 if touched is not None:
                     other = touched
                 elif hashes[1 - s] != EMPTY:
-                    other = self._read(positions[1 - s])
+                    other = self._read(_child_position(rep, depth, 1 - s))
                 else:
                     other = _EMPTY_NODE
                 if other.kind != "I":
                     # Zero or one entry left under this position: it collapses to that.
-                    writes[positions[0]] = None
-                    writes[positions[1]] = None
+                    for side_bit in (0, 1):
+                        writes[_child_position(rep, depth, side_bit)] = None
                     return other
         for s in (0, 1):
-            child = new[s]
-            if child is not None:
-                writes[positions[s]] = None if child.kind == "E" else child.record()
+            written, pos = new[s], positions[s]
+            if written is not None and pos is not None:
+                writes[pos] = None if written.kind == "E" else written.record()
         return _Node("I", hashes[0], hashes[1])
 
     def _build(
