@@ -19,8 +19,9 @@ import nacl.signing
 from crypto.canonical import canonical_json
 from crypto.hexcodec import KEY_HEX_LEN, SIGNATURE_HEX_LEN, is_hex
 
-TAG_TX = "phalanx/tx/v1"
+TAG_TX = "phalanx/tx/v2"
 TAG_COMMIT = "phalanx/commit/v1"
+TAG_EXECUTION = "phalanx/execution/v1"
 
 SEED_LEN = 32
 

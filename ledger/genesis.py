@@ -1,4 +1,5 @@
-"""The genesis document (spec §2): who the validators are and the initial balances.
+"""The genesis document (spec §2): the chain's name, its validators, the initial balances and
+the fee per byte of every transaction.
 
 Every node must hold the byte-for-byte same document, since ``genesis_hash = h(JCS(genesis))``
 anchors the block hash chain and receipts are checked against the validator keys it lists. The
@@ -8,6 +9,8 @@ that could overflow are all refused with a :class:`GenesisError` that says what 
 
 from __future__ import annotations
 
+import re
+import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +22,10 @@ from crypto.canonical import MAX_SAFE_INTEGER, CanonicalJsonError, canonical_jso
 from crypto.hashing import sha256_hex
 from crypto.signing import is_valid_public_key
 
-CHAIN_ID_LEN_MAX = 128
+CHAIN_ID_LEN_MAX = 64
+# 1 to 64 characters of [a-z0-9._-] (spec §2): safe in file names, URLs and log lines.
+CHAIN_ID_RE = re.compile(r"[a-z0-9._-]{1,64}")
+CHAIN_ID_SUFFIX_BYTES = 8  # a random suffix of 64 bits: two testnets never share a chain_id
 VALIDATOR_NAME_LEN_MAX = 64
 VALIDATORS_MAX = 256
 GENESIS_BYTES_MAX = 16 * 1024 * 1024
@@ -42,6 +48,7 @@ class Genesis:
     chain_id: str
     validators: tuple[Validator, ...]
     accounts: Mapping[str, int]  # client pubkey hex -> initial balance (read-only view)
+    fee_per_byte: int  # every transaction burns fee_per_byte * len(JCS(body)) (spec §3)
     genesis_hash: str
     document: Mapping[str, Any] = field(repr=False, compare=False)
     _validator_set: frozenset[str] = field(init=False, repr=False, compare=False)
@@ -79,6 +86,29 @@ class Genesis:
     def canonical_bytes(self) -> bytes:
         """JCS(genesis): the bytes whose hash is ``genesis_hash``."""
         return canonical_json(dict(self.document))
+
+
+def new_chain_id(prefix: str = "phalanx") -> str:
+    """A chain_id nobody else has: ``prefix`` and 64 random bits, e.g.
+    ``phalanx-testnet-3f9c2a7d81e4b605``. Tools that create a genesis use it unless told
+    otherwise, so that a transaction signed for one network never executes on another."""
+    chain_id = f"{prefix}-{secrets.token_hex(CHAIN_ID_SUFFIX_BYTES)}"
+    if not CHAIN_ID_RE.fullmatch(chain_id):
+        raise GenesisError(
+            f"chain_id prefix {prefix!r} must be at most "
+            f"{CHAIN_ID_LEN_MAX - 2 * CHAIN_ID_SUFFIX_BYTES - 1} characters of [a-z0-9._-]"
+        )
+    return chain_id
+
+
+def check_chain_id(value: Any) -> str:
+    """``value`` if it is a valid chain_id (spec §2), else :class:`GenesisError` saying why."""
+    if not isinstance(value, str) or not CHAIN_ID_RE.fullmatch(value):
+        raise GenesisError(
+            f"chain_id must be 1 to {CHAIN_ID_LEN_MAX} characters of lowercase letters, digits, "
+            f"'.', '_' and '-'; got {value!r}"
+        )
+    return value
 
 
 def validator_keys(genesis: Genesis) -> tuple[str, ...]:
@@ -128,14 +158,20 @@ def genesis_from_document(document: Any) -> Genesis:
         canonical = canonical_json(document)
     except CanonicalJsonError as exc:
         raise GenesisError(str(exc)) from exc
-    _exact_fields(document, {"chain_id", "validators", "accounts"}, "genesis")
-    chain_id = _chain_id(document["chain_id"])
+    _exact_fields(document, {"chain_id", "validators", "accounts", "fee_per_byte"}, "genesis")
+    chain_id = check_chain_id(document["chain_id"])
     validators = _validators(document["validators"])
     accounts = _accounts(document["accounts"])
+    fee_per_byte = document["fee_per_byte"]
+    if not _is_int(fee_per_byte) or not 0 <= fee_per_byte <= MAX_SAFE_INTEGER:
+        raise GenesisError(
+            f"fee_per_byte must be an integer from 0 (no fees) to 2^53 - 1; got {fee_per_byte!r}"
+        )
     return Genesis(
         chain_id=chain_id,
         validators=validators,
         accounts=MappingProxyType(accounts),
+        fee_per_byte=fee_per_byte,
         genesis_hash=sha256_hex(canonical),
         document=MappingProxyType(dict(document)),
     )
@@ -150,12 +186,8 @@ def _exact_fields(obj: dict[str, Any], expected: set[str], what: str) -> None:
         raise GenesisError(f"{what} has unknown field(s) {', '.join(sorted(unknown))}")
 
 
-def _chain_id(value: Any) -> str:
-    if not isinstance(value, str) or not value:
-        raise GenesisError("chain_id must be a non-empty string")
-    if len(value) > CHAIN_ID_LEN_MAX or not value.isprintable():
-        raise GenesisError(f"chain_id must be at most {CHAIN_ID_LEN_MAX} printable characters")
-    return value
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _validators(value: Any) -> tuple[Validator, ...]:

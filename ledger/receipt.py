@@ -1,9 +1,13 @@
-"""Receipts (spec §5): proof, to anyone holding the genesis, that a transaction was committed.
+"""Receipts (spec §6): proof, to anyone holding the genesis, that a transaction was committed at a
+position and what its result was.
 
-A receipt is ``{"tx_id", "seq", "index", "proof", "batch", "certificate", "result"}``. It is
-built by the store from what it keeps (:func:`build_receipt`) and checked by anyone with
-:func:`verify_receipt`, which treats the receipt as untrusted JSON: every field's shape is
-checked before any cryptography, and every failure is reported as a sentence.
+A receipt is ``{"tx_id", "seq", "index", "proof", "batch", "certificate", "prev_hash", "result",
+"result_proof", "execution"}``. It is built by the store from what it keeps
+(:func:`build_receipt`) and checked by anyone with :func:`verify_receipt`, which treats the
+receipt as untrusted JSON: every field's shape is checked before any cryptography, and every
+failure is reported as a sentence. ``execution`` (the block's execution certificate) may be null
+for a moment after the commit; such a receipt proves the ordering but not the result, and
+:func:`verify_receipt` says so.
 """
 
 from __future__ import annotations
@@ -11,16 +15,35 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from consensus.batch import commit_vote_body
+from consensus.batch import block_hash, commit_vote_body
 from consensus.output import Committed
 from crypto.canonical import MAX_SAFE_INTEGER, CanonicalJsonError, check_json_value
 from crypto.hashing import hash_object
 from crypto.hexcodec import HASH_HEX_LEN, KEY_HEX_LEN, SIGNATURE_HEX_LEN, is_hex
 from crypto.merkle import inclusion_proof, leaf_hash, root_from_inclusion
 from crypto.signing import TAG_COMMIT, signing_input, verify_bytes
+from ledger.execution import (
+    certificate_shape,
+    result_leaf,
+    result_proof,
+    verify_execution_certificate,
+)
 from ledger.genesis import Genesis
 
-RECEIPT_FIELDS = frozenset({"tx_id", "seq", "index", "proof", "batch", "certificate", "result"})
+RECEIPT_FIELDS = frozenset(
+    {
+        "tx_id",
+        "seq",
+        "index",
+        "proof",
+        "batch",
+        "certificate",
+        "prev_hash",
+        "result",
+        "result_proof",
+        "execution",
+    }
+)
 BATCH_FIELDS = frozenset({"chain_id", "seq", "time_ms", "tx_count", "tx_root"})
 CERTIFICATE_FIELDS = frozenset({"view", "signatures"})
 RESULT_FIELDS = frozenset({"ok", "error"})
@@ -35,15 +58,20 @@ def build_receipt(
     tx_ids: Sequence[bytes],
     batch: Mapping[str, Any],
     certificate: Mapping[str, Any],
-    result: Mapping[str, Any],
+    results: Sequence[Mapping[str, Any]],
+    prev_hash: str,
+    execution: Mapping[str, Any] | None,
 ) -> dict[str, Any]:
     """The receipt of the transaction at ``index`` of the batch at ``seq``.
 
-    ``tx_ids`` are the raw 32-byte ids of the whole batch, in order; ``batch`` is the header and
-    ``certificate`` the commit certificate in wire form.
+    ``tx_ids`` are the raw 32-byte ids of the whole batch, in order, and ``results`` their
+    results; ``batch`` is the header, ``certificate`` the commit certificate in wire form,
+    ``prev_hash`` the previous block's hash and ``execution`` the block's execution certificate
+    (None while it is not complete).
     """
     if tx_ids[index].hex() != tx_id:
         raise ValueError(f"tx {tx_id} is not at index {index} of seq {seq}")
+    hex_ids = [t.hex() for t in tx_ids]
     return {
         "tx_id": tx_id,
         "seq": seq,
@@ -51,7 +79,18 @@ def build_receipt(
         "proof": [p.hex() for p in inclusion_proof(tx_ids, index)],
         "batch": dict(batch),
         "certificate": {"view": certificate["view"], "signatures": dict(certificate["signatures"])},
-        "result": dict(result),
+        "prev_hash": prev_hash,
+        "result": dict(results[index]),
+        "result_proof": result_proof(hex_ids, results, index),
+        "execution": None if execution is None else _execution_wire(execution),
+    }
+
+
+def _execution_wire(execution: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "state_root": execution["state_root"],
+        "results_root": execution["results_root"],
+        "signatures": dict(execution["signatures"]),
     }
 
 
@@ -115,6 +154,36 @@ def verify_receipt(receipt: Any, genesis: Genesis) -> list[str]:
             failures.append("proof does not lead from tx_id to batch.tx_root")
     digest = hash_object(batch)
     failures.extend(verify_certificate(genesis, batch["seq"], digest, receipt["certificate"]))
+    failures.extend(_verify_result(receipt, genesis, digest))
+    return failures
+
+
+def _verify_result(receipt: Mapping[str, Any], genesis: Genesis, digest: str) -> list[str]:
+    """The result's leaf leads to the execution certificate's results_root, which q validators
+    signed for this block (spec §6)."""
+    execution = receipt["execution"]
+    if execution is None:
+        return [
+            "execution is null: the block's execution certificate is not complete yet, so the "
+            "result is not proven; fetch the receipt again in a moment"
+        ]
+    failures = certificate_shape(execution)
+    if failures:
+        return failures
+    batch = receipt["batch"]
+    if receipt["index"] < batch["tx_count"]:
+        root = root_from_inclusion(
+            leaf_hash(result_leaf(receipt["tx_id"], receipt["result"])),
+            receipt["index"],
+            batch["tx_count"],
+            [bytes.fromhex(p) for p in receipt["result_proof"]],
+        )
+        if root is None:
+            failures.append("result_proof is not a valid inclusion path for index")
+        elif root.hex() != execution["results_root"]:
+            failures.append("result_proof does not lead from {tx_id, result} to results_root")
+    block = block_hash(batch["seq"], receipt["prev_hash"], digest)
+    failures.extend(verify_execution_certificate(genesis, batch["seq"], block, execution))
     return failures
 
 
@@ -134,11 +203,14 @@ def _receipt_shape(receipt: Any) -> list[str]:
         failures.append("seq must be a positive integer")
     if not _is_int(receipt["index"], 0):
         failures.append("index must be a non-negative integer")
-    proof = receipt["proof"]
-    if not isinstance(proof, list) or len(proof) > PROOF_LEN_MAX:
-        failures.append(f"proof must be a list of at most {PROOF_LEN_MAX} hashes")
-    elif not all(is_hex(p, HASH_HEX_LEN) for p in proof):
-        failures.append(f"each proof hash must be {HASH_HEX_LEN} lowercase hex characters")
+    for name in ("proof", "result_proof"):
+        proof = receipt[name]
+        if not isinstance(proof, list) or len(proof) > PROOF_LEN_MAX:
+            failures.append(f"{name} must be a list of at most {PROOF_LEN_MAX} hashes")
+        elif not all(is_hex(p, HASH_HEX_LEN) for p in proof):
+            failures.append(f"each {name} hash must be {HASH_HEX_LEN} lowercase hex characters")
+    if not is_hex(receipt["prev_hash"], HASH_HEX_LEN):
+        failures.append(f"prev_hash must be {HASH_HEX_LEN} lowercase hex characters")
     failures.extend(_batch_shape(receipt["batch"]))
     failures.extend(_certificate_shape(receipt["certificate"]))
     failures.extend(_result_shape(receipt["result"]))

@@ -25,10 +25,16 @@ db                  key                            value
 ``block_tx_ids``    seq8                           the raw 32-byte tx_ids, concatenated
 ``tx_index``        raw 32-byte tx_id              seq8 + index as 4 bytes big-endian (first
                                                    position only)
-``state``           UTF-8 key                      JSON ``{"value", "version"}``; absent = deleted
+``state``           UTF-8 key                      JSON ``{"value", "version", "owner"}``
+                                                   (owner: client pubkey hex); absent = deleted
 ``balances``        raw 32-byte pubkey             balance as 8 bytes big-endian; 0 not stored
 ``records``         UTF-8 ``Record.key``           JCS(``Record.value``)
 ==================  =============================  =============================================
+
+One process writes: :meth:`LedgerStore.open` for writing first takes an exclusive ``flock`` on
+``DATA_DIR/node.lock`` (:mod:`ledger.datadir_lock`), before LMDB opens, and holds it until
+:meth:`LedgerStore.close`; a second writer is refused with the holder's pid. Readers take no
+such lock.
 
 Damage: LMDB has no checksums, and mapping a truncated ``data.mdb`` kills the process with
 SIGBUS. Before the writer opens the file, its size is checked against LMDB's meta pages; once
@@ -60,11 +66,12 @@ from crypto.canonical import canonical_json
 from crypto.hashing import hash_object
 from crypto.hexcodec import HASH_HEX_LEN, KEY_HEX_LEN, is_hex
 from crypto.merkle import merkle_root
+from ledger.datadir_lock import DataDirLock, DataDirLocked
 from ledger.genesis import Genesis, genesis_from_document
 from ledger.receipt import build_receipt, verify_certificate
-from ledger.state_machine import Entry, execute_batch
+from ledger.state_machine import ChainRules, Entry, execute_batch
 
-FORMAT_VERSION = b"1"
+FORMAT_VERSION = b"2"  # 2: state entries carry their owner, the genesis its fee_per_byte
 MAP_SIZE_DEFAULT = 256 * 1024 * 1024
 MAP_SIZE_MAX_DEFAULT = 1 << 40  # 1 TiB of address space; the file only grows as data is written
 MAX_DBS = 16
@@ -211,10 +218,10 @@ class _LmdbState:
         if data is None:
             return None
         stored = _load(data)
-        return Entry(stored["value"], stored["version"])
+        return Entry(stored["value"], stored["version"], stored["owner"])
 
     def put_entry(self, key: str, entry: Entry) -> None:
-        value = _dump({"value": entry.value, "version": entry.version})
+        value = _dump(state_record(entry))
         self._txn.put(key.encode("utf-8"), value, db=self._state)
 
     def delete_entry(self, key: str) -> None:
@@ -237,6 +244,11 @@ class _LmdbState:
     def put_tx_location(self, tx_id: str, seq: int, index: int) -> None:
         location = _seq8(seq) + index.to_bytes(4, "big")
         self._txn.put(bytes.fromhex(tx_id), location, db=self._tx_index)
+
+
+def state_record(entry: Entry) -> dict[str, Any]:
+    """What the ``state`` table stores for an entry (the audit rebuilds it the same way)."""
+    return {"value": entry.value, "version": entry.version, "owner": entry.owner}
 
 
 def _decode_location(data: bytes | memoryview) -> tuple[int, int]:
@@ -318,7 +330,8 @@ class LedgerSnapshot:
         )
 
     def get_state(self, key: str) -> dict[str, Any] | None:
-        """``{"key", "value", "version"}`` as ``GET /v1/state/{key}`` answers, or None if absent."""
+        """``{"key", "value", "version", "owner", "seq"}`` as ``GET /v1/state/{key}`` answers
+        (as of the executed block ``seq``), or None if absent."""
         try:
             raw_key = key.encode("utf-8")
         except UnicodeEncodeError:
@@ -329,7 +342,13 @@ class LedgerSnapshot:
         if data is None:
             return None
         stored = _load(data)
-        return {"key": key, "value": stored["value"], "version": stored["version"]}
+        return {
+            "key": key,
+            "value": stored["value"],
+            "version": stored["version"],
+            "owner": stored["owner"],
+            "seq": self.head()[0],
+        }
 
     def balance(self, pubkey: str) -> int:
         if not is_hex(pubkey, KEY_HEX_LEN):
@@ -337,12 +356,13 @@ class LedgerSnapshot:
         data = self._txn.get(bytes.fromhex(pubkey), db=self._dbs["balances"])
         return 0 if data is None else int.from_bytes(data, "big")
 
-    def iter_state(self) -> Iterator[tuple[str, Any, int]]:
-        """Every present key as ``(key, value, version)``, in UTF-8 byte order."""
+    def iter_state(self) -> Iterator[tuple[str, Entry]]:
+        """Every present key as ``(key, Entry)``, in UTF-8 byte order."""
         with self._txn.cursor(db=self._dbs["state"]) as cursor:
             for raw_key, data in cursor:
                 stored = _load(data)
-                yield bytes(raw_key).decode("utf-8"), stored["value"], stored["version"]
+                entry = Entry(stored["value"], stored["version"], stored["owner"])
+                yield bytes(raw_key).decode("utf-8"), entry
 
     def iter_balances(self) -> Iterator[tuple[str, int]]:
         """Every non-zero balance as ``(pubkey, balance)``, in key order."""
@@ -413,8 +433,11 @@ class LedgerStore:
         path: Path,
         readonly: bool,
         map_size_max: int,
+        dir_lock: DataDirLock | None = None,
     ) -> None:
         self._env = env
+        self._dir_lock = dir_lock
+        self._rules = ChainRules.of(genesis)
         self._dbs = dbs
         self.genesis = genesis
         self.path = path
@@ -445,22 +468,37 @@ class LedgerStore:
         a running writer in another process) may pass ``genesis=None`` to use the stored one.
         """
         path = Path(data_dir)
+        dir_lock: DataDirLock | None = None
         if readonly:
             env = _open_reader_env(path, map_size)
         else:
             if genesis is None:
                 raise ValueError("the writer must be given the genesis")
-            check_data_file(path)
-            env = _open_writer_env(path, map_size)
+            # Before LMDB opens: a second writer (a second node on this directory) would
+            # sign beside the first one. The lock lives as long as the store.
+            try:
+                dir_lock = DataDirLock.acquire(path)
+            except DataDirLocked as exc:
+                raise StoreError(str(exc)) from exc
+            try:
+                check_data_file(path)
+                env = _open_writer_env(path, map_size)
+            except BaseException:
+                dir_lock.release()
+                raise
         try:
             dbs = _open_dbs(env, path, readonly)
             stored = _check_meta(env, dbs, path, genesis, readonly)
-            store = cls(env, dbs, stored, path, readonly, map_size_max)
+            store = cls(env, dbs, stored, path, readonly, map_size_max, dir_lock)
         except _DAMAGE_ERRORS as exc:
             env.close()
+            if dir_lock is not None:
+                dir_lock.release()
             raise _damaged(path, exc) from exc
         except BaseException:
             env.close()
+            if dir_lock is not None:
+                dir_lock.release()
             raise
         if not readonly:
             # The writer is a node about to serve this ledger: refuse a damaged head.
@@ -483,6 +521,8 @@ class LedgerStore:
     def close(self) -> None:
         with self._write_mutex, self._lock.exclusive():
             self._env.close()
+            if self._dir_lock is not None:
+                self._dir_lock.release()  # after LMDB is closed: no write can follow
 
     def __enter__(self) -> LedgerStore:
         return self
@@ -622,7 +662,8 @@ class LedgerStore:
             head = _jcs({"seq": batch.seq, "hash": new_hash})
 
             def work(txn: lmdb.Transaction) -> list[dict[str, Any]]:
-                results = execute_batch(_LmdbState(txn, self._dbs), batch.seq, batch.txs)
+                state = _LmdbState(txn, self._dbs)
+                results = execute_batch(state, batch.seq, batch.txs, self._rules)
                 txn.put(key, header, db=self._dbs["blocks"])
                 txn.put(key, txs, db=self._dbs["block_txs"])
                 txn.put(key, _dump(results), db=self._dbs["block_results"])

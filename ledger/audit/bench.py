@@ -58,6 +58,7 @@ def build_ledger(path: Path, txs: int, per_block: int) -> Genesis:
                 {"name": f"node{i}", "pubkey": v.public_key} for i, v in enumerate(validators)
             ],
             "accounts": {c.public_key: 1_000_000_000 for c in clients},
+            "fee_per_byte": 1,
         }
     )
     with LedgerStore.open(path, genesis) as store:
@@ -65,7 +66,7 @@ def build_ledger(path: Path, txs: int, per_block: int) -> Genesis:
         while made < txs:
             seq += 1
             count = min(per_block, txs - made)
-            batch_txs = tuple(_tx(clients, made + i) for i in range(count))
+            batch_txs = tuple(_tx(genesis.chain_id, clients, made + i) for i in range(count))
             made += count
             batch = Batch(genesis.chain_id, seq, 1_764_000_000_000 + seq, batch_txs)
             body = commit_vote_body(genesis.chain_id, seq, 0, batch.digest)
@@ -74,7 +75,7 @@ def build_ledger(path: Path, txs: int, per_block: int) -> Genesis:
     return genesis
 
 
-def _tx(clients: list[Ed25519Signer], i: int) -> Tx:
+def _tx(chain_id: str, clients: list[Ed25519Signer], i: int) -> Tx:
     client = clients[i % CLIENTS]
     kind = i % 5
     ops: list[dict[str, Any]]
@@ -92,7 +93,7 @@ def _tx(clients: list[Ed25519Signer], i: int) -> Tx:
             {"op": "set", "key": f"acct-{i % 300}", "value": "x" * 24},
             {"op": "transfer", "to": clients[(i + 7) % CLIENTS].public_key, "amount": 2},
         ]
-    body = {"client": client.public_key, "nonce": i, "ops": ops}
+    body = {"chain_id": chain_id, "client": client.public_key, "nonce": i, "ops": ops}
     return Tx(
         hashlib.sha256(canonical_json(body)).hexdigest(),
         {"body": body, "sig": client.sign(TAG_TX, body)},

@@ -10,8 +10,10 @@ snapshot, so that it also works beside a running node:
 - every transaction: its shape (as the state machine decodes it), ``tx_id = h(JCS(body))``
   against the stored ids, its signature, ``tx_count`` and ``tx_root``;
 - the results, recomputed by replaying every transaction through ``ledger/state_machine.py``
-  from the genesis balances, against the stored ones;
-- after the last block: the tx index, the state and the balances against the replay's.
+  from the genesis balances, with the genesis's chain_id and fee_per_byte (owners, fees and
+  every error code), against the stored ones;
+- after the last block: the tx index, the state (values, versions, owners) and the balances
+  against the replay's.
 
 Each problem becomes a :class:`Failure` naming the seq and the check. The checks are written as
 a generator of small steps that yield the signatures to verify; ``ledger/audit/pool.py`` runs
@@ -38,12 +40,13 @@ from ledger.audit.pool import SigCheck
 from ledger.genesis import Genesis, GenesisError, genesis_from_document
 from ledger.state_machine import (
     DUPLICATE,
+    ChainRules,
     DictState,
     Entry,
     apply_transaction,
     error_result,
 )
-from ledger.store import FORMAT_VERSION, _dump
+from ledger.store import FORMAT_VERSION, _dump, state_record
 from ledger.transaction import (
     BODY_BYTES_MAX,
     MALFORMED,
@@ -176,6 +179,7 @@ class LedgerAudit:
         self._progress = progress
         self._genesis: Genesis | None = None
         self._view: _ReplayState | None = None
+        self._rules: ChainRules | None = None
         self._votes: dict[int, int] = {}  # seq -> validator votes handed out for verification
         self._index: dict[bytes, bytes] = {}  # tx_id -> seq8 + index4 of its first position
         self._client_keys: dict[str, bytes] = {}  # hex -> raw, for the clients seen so far
@@ -196,6 +200,7 @@ class LedgerAudit:
             return
         self._genesis = genesis
         self._view = _ReplayState(genesis.accounts)
+        self._rules = ChainRules.of(genesis)
         last = self._check_head()
         prev: str | None = genesis.genesis_hash
         for seq in range(1, last + 1):
@@ -469,8 +474,8 @@ class LedgerAudit:
                 "checks may report the differences this causes",
             )
             return
-        view = self._view
-        assert view is not None
+        view, rules = self._view, self._rules
+        assert view is not None and rules is not None
         view.seq = seq
         first_seen = self._index
         stored_ids = self._get("block_tx_ids", key)
@@ -495,7 +500,7 @@ class LedgerAudit:
             else:
                 first_seen[tx_id] = key + index.to_bytes(4, "big")
                 results.append(
-                    error_result(MALFORMED) if tx is None else apply_transaction(view, tx)
+                    error_result(MALFORMED) if tx is None else apply_transaction(view, tx, rules)
                 )
             if tx is not None and body_jcs is not None:
                 signed_count += 1
@@ -642,8 +647,7 @@ class LedgerAudit:
         view = self._view
         assert view is not None
         expected = {
-            key.encode("utf-8"): _dump({"value": entry.value, "version": entry.version})
-            for key, entry in view.entries.items()
+            key.encode("utf-8"): _dump(state_record(entry)) for key, entry in view.entries.items()
         }
 
         def mismatch(

@@ -29,6 +29,7 @@ def genesis_document(
     validators: Sequence[Ed25519Signer] = VALIDATORS,
     accounts: dict[str, int] | None = None,
     chain_id: str = CHAIN_ID,
+    fee_per_byte: int = 0,
 ) -> dict[str, Any]:
     if accounts is None:
         accounts = {ALICE.public_key: 1_000, BOB.public_key: 50}
@@ -38,6 +39,7 @@ def genesis_document(
             {"name": f"node{i}", "pubkey": v.public_key} for i, v in enumerate(validators)
         ],
         "accounts": accounts,
+        "fee_per_byte": fee_per_byte,
     }
 
 
@@ -45,13 +47,16 @@ def make_genesis(**kwargs: Any) -> Genesis:
     return genesis_from_document(genesis_document(**kwargs))
 
 
-def sign_tx(client: Ed25519Signer, nonce: int, ops: list[dict[str, Any]]) -> dict[str, Any]:
-    body = {"client": client.public_key, "nonce": nonce, "ops": ops}
+def sign_tx(
+    client: Ed25519Signer, nonce: int, ops: list[dict[str, Any]], chain_id: str = CHAIN_ID
+) -> dict[str, Any]:
+    """A v2 transaction: the body names its chain, signed under ``phalanx/tx/v2``."""
+    body = {"chain_id": chain_id, "client": client.public_key, "nonce": nonce, "ops": ops}
     return {"body": body, "sig": client.sign(TAG_TX, body)}
 
 
-def tx(client: Ed25519Signer, nonce: int, *ops: dict[str, Any]) -> Tx:
-    return Tx.from_wire(sign_tx(client, nonce, list(ops)))
+def tx(client: Ed25519Signer, nonce: int, *ops: dict[str, Any], chain_id: str = CHAIN_ID) -> Tx:
+    return Tx.from_wire(sign_tx(client, nonce, list(ops), chain_id))
 
 
 def certify(

@@ -10,7 +10,14 @@ import pytest
 
 from crypto.canonical import canonical_json
 from crypto.hashing import sha256_hex
-from ledger.genesis import GenesisError, load_genesis, parse_genesis, replica_config
+from ledger.genesis import (
+    CHAIN_ID_RE,
+    GenesisError,
+    load_genesis,
+    new_chain_id,
+    parse_genesis,
+    replica_config,
+)
 from tests.ledger.helpers import ALICE, VALIDATORS, genesis_document, make_genesis
 
 SMALL_ORDER_KEY = "01" + "00" * 31  # the identity point: small order, must be refused
@@ -70,6 +77,15 @@ BAD: list[tuple[str, Any, str]] = [
     ("missing accounts", lambda d: d.pop("accounts"), "lacks field"),
     ("empty chain_id", lambda d: d.update(chain_id=""), "chain_id"),
     ("chain_id not str", lambda d: d.update(chain_id=5), "chain_id"),
+    ("chain_id upper case", lambda d: d.update(chain_id="Phalanx"), "chain_id"),
+    ("chain_id space", lambda d: d.update(chain_id="phalanx test"), "chain_id"),
+    ("chain_id slash", lambda d: d.update(chain_id="a/b"), "chain_id"),
+    ("chain_id 65 chars", lambda d: d.update(chain_id="a" * 65), "chain_id"),
+    ("missing fee_per_byte", lambda d: d.pop("fee_per_byte"), "lacks field"),
+    ("negative fee_per_byte", lambda d: d.update(fee_per_byte=-1), "fee_per_byte"),
+    ("bool fee_per_byte", lambda d: d.update(fee_per_byte=True), "fee_per_byte"),
+    ("str fee_per_byte", lambda d: d.update(fee_per_byte="1"), "fee_per_byte"),
+    ("huge fee_per_byte", lambda d: d.update(fee_per_byte=2**53), "outside"),
     ("no validators", lambda d: d.update(validators=[]), "non-empty list"),
     (
         "duplicate pubkey",
@@ -110,9 +126,26 @@ def test_float_balance_is_refused() -> None:
 
 
 def test_duplicate_json_key_is_refused() -> None:
-    text = '{"chain_id": "a", "chain_id": "b", "validators": [], "accounts": {}}'
+    text = '{"chain_id": "a", "chain_id": "b", "validators": [], "accounts": {}, "fee_per_byte": 0}'
     with pytest.raises(GenesisError, match="twice"):
         parse_genesis(text)
+
+
+def test_chain_id_alphabet_and_fee_per_byte_edges_are_accepted() -> None:
+    g = make_genesis(chain_id="a" * 64, fee_per_byte=0)
+    assert (g.chain_id, g.fee_per_byte) == ("a" * 64, 0)
+    g = make_genesis(chain_id="x.y_z-09", fee_per_byte=2**53 - 1)
+    assert (g.chain_id, g.fee_per_byte) == ("x.y_z-09", 2**53 - 1)
+
+
+def test_new_chain_ids_are_valid_and_unique() -> None:
+    ids = {new_chain_id("phalanx-testnet") for _ in range(1000)}
+    assert len(ids) == 1000
+    for chain_id in ids:
+        assert CHAIN_ID_RE.fullmatch(chain_id)
+        assert chain_id.startswith("phalanx-testnet-") and len(chain_id) == 16 + 16
+    with pytest.raises(GenesisError):
+        new_chain_id("Bad Prefix")
 
 
 def test_zero_balance_is_allowed() -> None:

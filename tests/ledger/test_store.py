@@ -17,7 +17,7 @@ from consensus.output import Committed, Record
 from crypto.hashing import hash_object
 from ledger.genesis import Genesis
 from ledger.receipt import verify_receipt
-from ledger.state_machine import DictState, execute_batch
+from ledger.state_machine import ChainRules, DictState, execute_batch
 from ledger.store import (
     LedgerFullError,
     LedgerInvariantError,
@@ -92,7 +92,13 @@ def test_append_blocks_chain_and_results(store: LedgerStore, genesis: Genesis) -
     assert null_block["batch"]["tx_count"] == 0 and null_block["batch"]["time_ms"] == 0
     assert store.block(4) is None and store.block(0) is None
 
-    assert store.get_state("k") == {"key": "k", "value": 2, "version": 2}
+    assert store.get_state("k") == {
+        "key": "k",
+        "value": 2,
+        "version": 2,
+        "owner": ALICE.public_key,
+        "seq": 3,
+    }
     assert store.get_state("absent") is None
     assert store.balance(ALICE.public_key) == 700
     assert store.balance(CAROL.public_key) == 300
@@ -156,7 +162,13 @@ def test_reopen_keeps_everything(tmp_path: Path, genesis: Genesis) -> None:
     with LedgerStore.open(path, genesis) as s:
         assert s.head() == head
         assert s.receipt(t.tx_id) == receipt
-        assert s.get_state("k") == {"key": "k", "value": "v", "version": 1}
+        assert s.get_state("k") == {
+            "key": "k",
+            "value": "v",
+            "version": 1,
+            "owner": ALICE.public_key,
+            "seq": 1,
+        }
         assert s.load_records() == [Record("view", {"view": 3})]
         s.append_block(committed(genesis, 2))
         assert s.head()[0] == 2
@@ -255,22 +267,31 @@ def test_map_size_max_halts_cleanly(tmp_path: Path, genesis: Genesis) -> None:
         assert s.get_state(f"k{seq - 1}") is not None
 
 
-def test_store_matches_in_memory_state(tmp_path: Path, genesis: Genesis) -> None:
+def test_store_matches_in_memory_state(tmp_path: Path) -> None:
+    # Fees on, and every op kind: what LMDB stores is what the in-memory state holds.
+    genesis = make_genesis(
+        accounts={ALICE.public_key: 60_000, BOB.public_key: 3_000}, fee_per_byte=1
+    )
+    rules = ChainRules.of(genesis)
     rng = random.Random(7)
     clients = [ALICE, BOB, CAROL]
     memory = DictState(genesis.accounts)
+    codes: set[str | None] = set()
     with LedgerStore.open(tmp_path / "ledger", genesis) as s:
         for seq in range(1, 31):
             txs = []
             for _ in range(rng.randint(0, 6)):
                 ops: list[dict[str, Any]] = []
                 for _ in range(rng.randint(1, 3)):
-                    kind = rng.choice(["set", "delete", "cas", "transfer"])
+                    kind = rng.choice(["set", "delete", "cas", "chown", "transfer"])
                     key = rng.choice(["a", "b", "c"])
                     if kind == "set":
                         ops.append({"op": "set", "key": key, "value": rng.randint(0, 9)})
                     elif kind == "delete":
                         ops.append({"op": "delete", "key": key})
+                    elif kind == "chown":
+                        to = rng.choice(clients).public_key
+                        ops.append({"op": "chown", "key": key, "to": to})
                     elif kind == "cas":
                         ops.append(
                             {"op": "cas", "key": key, "expect": rng.randint(0, 2), "value": 1}
@@ -280,11 +301,16 @@ def test_store_matches_in_memory_state(tmp_path: Path, genesis: Genesis) -> None
                         ops.append({"op": "transfer", "to": to, "amount": rng.randint(1, 400)})
                 txs.append(tx(rng.choice(clients), rng.randint(0, 20), *ops))
             c = committed(genesis, seq, txs)
-            assert s.append_block(c) == execute_batch(memory, seq, list(c.batch.txs))
+            results = s.append_block(c)
+            assert results == execute_batch(memory, seq, list(c.batch.txs), rules)
+            codes.update(r["error"] for r in results)
         with s.snapshot() as snap:
-            assert list(snap.iter_state()) == [(k, e.value, e.version) for k, e in memory.items()]
+            assert list(snap.iter_state()) == list(memory.items())
             assert dict(snap.iter_balances()) == memory.balances
             assert {t: (q, i) for t, q, i in snap.iter_tx_locations()} == memory.locations
+    # The run went through owners and fees, not only the easy path.
+    assert {None, "forbidden", "not_found", "insufficient_fee"} <= codes
+    assert sum(memory.balances.values()) < 63_000  # fees were burned
 
 
 def test_blocks_replay_into_another_store(tmp_path: Path, genesis: Genesis) -> None:

@@ -1,4 +1,4 @@
-"""Client transactions at the trust boundary (spec §3): shape, limits, tx_id, signature."""
+"""Client transactions at the trust boundary (spec §3): shape, limits, tx_id, signature, chain."""
 
 from __future__ import annotations
 
@@ -10,24 +10,27 @@ import pytest
 
 from crypto.canonical import canonical_json
 from crypto.hashing import sha256_hex
-from crypto.signing import TAG_COMMIT
+from crypto.signing import TAG_COMMIT, signing_input
 from ledger.transaction import (
     BAD_SIGNATURE,
     BODY_BYTES_MAX,
     MALFORMED,
     TOO_LARGE,
+    WRONG_CHAIN,
     CasOp,
+    ChownOp,
     DeleteOp,
     SetOp,
     TransferOp,
     TxError,
+    check_chain,
     check_transaction,
     decode_for_execution,
     decode_transaction,
     parse_transaction,
     verify_transaction,
 )
-from tests.ledger.helpers import ALICE, BOB, sign_tx
+from tests.ledger.helpers import ALICE, BOB, CHAIN_ID, sign_tx
 
 SMALL_ORDER_KEY = "01" + "00" * 31
 
@@ -38,26 +41,30 @@ def wire(*ops: dict[str, Any], nonce: int = 0) -> dict[str, Any]:
 
 def code_of(value: Any) -> str:
     with pytest.raises(TxError) as info:
-        check_transaction(value)
+        check_transaction(value, CHAIN_ID)
     assert info.value.detail  # always a human sentence
     return info.value.code
 
 
-def test_all_four_ops_decode_and_verify() -> None:
+def test_all_five_ops_decode_and_verify() -> None:
     ops: list[dict[str, Any]] = [
         {"op": "set", "key": "a", "value": {"nested": [1, "x", None, True]}},
         {"op": "delete", "key": "b"},
         {"op": "cas", "key": "a", "expect": 0, "value": "v"},
+        {"op": "chown", "key": "a", "to": BOB.public_key},
         {"op": "transfer", "to": BOB.public_key, "amount": 5},
     ]
     w = wire(*ops, nonce=7)
-    tx = check_transaction(w)
+    tx = check_transaction(w, CHAIN_ID)
     assert tx.tx_id == sha256_hex(canonical_json(w["body"]))
-    assert tx.client == ALICE.public_key and tx.nonce == 7
+    assert tx.client == ALICE.public_key and tx.nonce == 7 and tx.chain_id == CHAIN_ID
+    assert tx.body_size == len(canonical_json(w["body"]))
+    assert tx.fee(3) == 3 * tx.body_size
     assert tx.ops == (
         SetOp("a", {"nested": [1, "x", None, True]}),
         DeleteOp("b"),
         CasOp("a", 0, "v"),
+        ChownOp("a", BOB.public_key),
         TransferOp(BOB.public_key, 5),
     )
     consensus_tx = tx.to_consensus_tx()
@@ -90,6 +97,35 @@ def test_parse_rejects_bad_json(text: str) -> None:
     with pytest.raises(TxError) as info:
         parse_transaction(text)
     assert info.value.code == MALFORMED
+
+
+def test_signature_is_over_the_v2_tag_and_the_chain_id() -> None:
+    w = wire()
+    assert ALICE.sign("phalanx/tx/v2", w["body"]) == w["sig"]
+    assert signing_input("phalanx/tx/v2", w["body"]).startswith(b"phalanx/tx/v2\x00{")
+    v1 = {**w, "sig": ALICE.sign("phalanx/tx/v1", w["body"])}
+    assert code_of(v1) == BAD_SIGNATURE
+    # The chain is inside the signed bytes: renaming it breaks the signature.
+    renamed = copy.deepcopy(w)
+    renamed["body"]["chain_id"] = "another-chain"
+    assert code_of(renamed) == BAD_SIGNATURE
+
+
+def test_a_body_for_another_chain_is_wrong_chain() -> None:
+    w = sign_tx(ALICE, 0, [{"op": "set", "key": "k", "value": 1}], chain_id="another-chain")
+    tx = decode_transaction(w)
+    verify_transaction(tx)  # validly signed, but for another network
+    assert code_of(w) == WRONG_CHAIN
+    with pytest.raises(TxError) as info:
+        check_chain(tx, CHAIN_ID)
+    assert "another-chain" in info.value.detail and CHAIN_ID in info.value.detail
+    check_chain(tx, "another-chain")
+
+
+def test_bad_signature_is_reported_before_wrong_chain() -> None:
+    w = sign_tx(ALICE, 0, [{"op": "set", "key": "k", "value": 1}], chain_id="another-chain")
+    w["sig"] = "ab" * 64
+    assert code_of(w) == BAD_SIGNATURE
 
 
 def test_bad_signature() -> None:
@@ -152,6 +188,24 @@ MALFORMED_CASES: list[tuple[str, Any]] = [
     ("missing nonce", lambda w: w["body"].pop("nonce")),
     ("missing client", lambda w: w["body"].pop("client")),
     ("missing ops", lambda w: w["body"].pop("ops")),
+    ("missing chain_id", lambda w: w["body"].pop("chain_id")),
+    ("chain_id empty", lambda w: w["body"].update(chain_id="")),
+    ("chain_id upper", lambda w: w["body"].update(chain_id="Phalanx")),
+    ("chain_id 65 chars", lambda w: w["body"].update(chain_id="a" * 65)),
+    ("chain_id space", lambda w: w["body"].update(chain_id="a b")),
+    ("chain_id not str", lambda w: w["body"].update(chain_id=7)),
+    ("chown missing to", lambda w: w["body"].update(ops=[{"op": "chown", "key": "k"}])),
+    (
+        "chown bad to",
+        lambda w: w["body"].update(ops=[{"op": "chown", "key": "k", "to": "00" * 32}]),
+    ),
+    (
+        "chown extra field",
+        lambda w: w["body"].update(
+            ops=[{"op": "chown", "key": "k", "to": BOB.public_key, "value": 1}]
+        ),
+    ),
+    ("chown empty key", lambda w: w["body"].update(ops=[{"op": "chown", "key": "", "to": "ab"}])),
     ("client upper hex", lambda w: w["body"].update(client=w["body"]["client"].upper())),
     ("client short", lambda w: w["body"].update(client="ab" * 31)),
     ("client small order", lambda w: w["body"].update(client=SMALL_ORDER_KEY)),
@@ -246,17 +300,26 @@ def test_malformed(name: str, change: Any) -> None:
 
 def test_limits_at_the_edge_are_accepted() -> None:
     ops = [{"op": "delete", "key": "k" * 256}] * 64
-    check_transaction(sign_tx(ALICE, 2**53 - 1, ops))
-    check_transaction(sign_tx(ALICE, 0, [{"op": "delete", "key": "é" * 128}]))
-    check_transaction(sign_tx(ALICE, 0, [{"op": "delete", "key": "😀" * 64}]))
+    check_transaction(sign_tx(ALICE, 2**53 - 1, ops), CHAIN_ID)
+    check_transaction(sign_tx(ALICE, 0, [{"op": "delete", "key": "é" * 128}]), CHAIN_ID)
+    check_transaction(sign_tx(ALICE, 0, [{"op": "delete", "key": "😀" * 64}]), CHAIN_ID)
     check_transaction(
-        sign_tx(ALICE, 0, [{"op": "transfer", "to": BOB.public_key, "amount": 2**53 - 1}])
+        sign_tx(ALICE, 0, [{"op": "transfer", "to": BOB.public_key, "amount": 2**53 - 1}]),
+        CHAIN_ID,
     )
+    long_chain = "a" * 64
+    w = sign_tx(ALICE, 0, [{"op": "delete", "key": "k"}], chain_id=long_chain)
+    check_transaction(w, long_chain)
 
 
 def _sized_body_wire(size: int) -> dict[str, Any]:
     """A signed transaction whose JCS(body) is exactly ``size`` bytes."""
-    base = {"client": ALICE.public_key, "nonce": 0, "ops": [{"op": "set", "key": "k", "value": ""}]}
+    base = {
+        "chain_id": CHAIN_ID,
+        "client": ALICE.public_key,
+        "nonce": 0,
+        "ops": [{"op": "set", "key": "k", "value": ""}],
+    }
     filler = size - len(canonical_json(base))
     ops = [{"op": "set", "key": "k", "value": "x" * filler}]
     w = sign_tx(ALICE, 0, ops)
@@ -265,7 +328,7 @@ def _sized_body_wire(size: int) -> dict[str, Any]:
 
 
 def test_body_of_exactly_65536_bytes_is_accepted() -> None:
-    check_transaction(_sized_body_wire(BODY_BYTES_MAX))
+    check_transaction(_sized_body_wire(BODY_BYTES_MAX), CHAIN_ID)
 
 
 def test_body_of_65537_bytes_is_too_large() -> None:
@@ -288,6 +351,7 @@ def test_decode_for_execution_checks_shape_but_trusts_the_id() -> None:
     w = wire()
     tx = decode_for_execution(w, "cd" * 32)
     assert tx.tx_id == "cd" * 32 and tx.body_jcs is None
+    assert tx.body_size == len(canonical_json(w["body"]))  # the fee needs it
     with pytest.raises(ValueError, match="no body bytes"):
         verify_transaction(tx)
     bad = copy.deepcopy(w)
