@@ -50,6 +50,8 @@ def test_another_process_holding_the_directory_is_named(tmp_path: Path) -> None:
     finally:
         holder.kill()
         holder.wait()
+        if holder.stdout is not None:
+            holder.stdout.close()
     # The kernel dropped the lock with the process (as after kill -9): nothing stale is left.
     DataDirLock.acquire(tmp_path / "data").release()
 
