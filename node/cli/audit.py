@@ -1,12 +1,18 @@
 """``phalanx audit``: verify ledgers offline and compare them; verify a receipt.
 
     phalanx audit DATA_DIR... [--genesis FILE] [--json] [--workers N]
-    phalanx audit verify-receipt RECEIPT.json --genesis FILE [--json]
+    phalanx audit verify-receipt RECEIPT.json --genesis FILE [--tx TX.json] [--json]
 
 The first form opens each ledger read-only (also while its node runs), re-derives every hash,
 signature, result and state entry from the genesis (see ``ledger/audit/run.py`` for the checks and
 the ``--json`` shape), then compares the ledgers block hash by block hash. The second checks a
-spec §5 receipt against the genesis.
+receipt (or the API's whole ``{"tx_id", "status", "receipt"}`` answer) against the genesis;
+with ``--tx`` it also checks that the receipt is the one of that signed transaction (its
+``tx_id`` is the hash of the transaction's body, and the signature verifies), so a receipt
+cannot be passed off as another transaction's.
+
+Every report names the checks it ran, the tool's version and when it ran. A report that the pipe
+reader stops reading (``| head``) ends quietly.
 
 Exit codes: 0 every check passed (the receipt is valid); 1 something failed; 2 usage (bad
 arguments, a missing directory or file, an unreadable genesis). A directory literally named
@@ -16,9 +22,12 @@ arguments, a missing directory or file, an unreadable genesis). A directory lite
 from __future__ import annotations
 
 import argparse
+import io
 import json
+import os
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -40,8 +49,13 @@ _FAILURES_SHOWN_MAX = 50  # per ledger in the human output; --json lists up to 1
 
 USAGE = (
     "phalanx audit [-h] [--genesis FILE] [--json] [--workers N] DATA_DIR [DATA_DIR ...]\n"
-    "       phalanx audit verify-receipt RECEIPT.json --genesis FILE [--json]"
+    "       phalanx audit verify-receipt RECEIPT.json --genesis FILE [--tx TX.json] [--json]"
 )
+CHECKS = (
+    "genesis", "meta", "block", "batch", "chain", "certificate", "tx", "tx_signature", "tx_ids",
+    "tx_root", "results", "tx_index", "state", "balances",
+)  # fmt: skip
+RECEIPT_CHECKS = ("receipt_shape", "chain_id", "tx_root_inclusion", "commit_certificate")
 
 
 DESCRIPTION = """\
@@ -55,7 +69,8 @@ Exit codes: 0 every check passed, 1 something failed, 2 usage error."""
 
 EPILOG = """\
 --json prints one object:
-  {"ok", "genesis": {"source": "file"|"ledger", "path", "genesis_hash"},
+  {"ok", "tool": {"name", "version"}, "generated_at", "checks": [names],
+   "genesis": {"source": "file"|"ledger", "path", "genesis_hash"},
    "ledgers": [{"data_dir", "ok", "complete", "genesis_hash", "chain_id",
                 "head": {"seq", "hash"},
                 "counts": {"blocks", "txs", "signatures", "state_keys", "balances"},
@@ -65,7 +80,8 @@ EPILOG = """\
    "elapsed_s"}
 check is one of genesis, meta, block, batch, chain, certificate, tx, tx_signature, tx_ids,
 tx_root, results, tx_index, state, balances.
-verify-receipt --json prints {"ok", "tx_id", "seq", "index", "failures": [sentences]}."""
+verify-receipt --json prints {"ok", "tx_id", "seq", "index", "failures": [sentences],
+"checks", "tool", "generated_at", "tx_bound" (true when --tx was given and matches)}."""
 
 
 class UsageError(Exception):
@@ -91,6 +107,12 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--json", action="store_true", help="print one JSON report on stdout")
     parser.add_argument(
+        "--tx",
+        type=Path,
+        metavar="TX.json",
+        help="verify-receipt only: the signed transaction the receipt must be for",
+    )
+    parser.add_argument(
         "--workers",
         type=int,
         default=2,
@@ -111,6 +133,27 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("\nphalanx audit: interrupted; nothing was verified to the end", file=sys.stderr)
         return EXIT_INTERRUPTED
+
+
+def _emit(text: str) -> None:
+    """Write the report to stdout; a reader that went away (``| head``) is not an error."""
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # Point stdout at /dev/null so that the interpreter's final flush does not fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+
+
+def _provenance() -> dict[str, Any]:
+    from node.version import phalanx_version
+
+    return {
+        "tool": {"name": "phalanx audit", "version": phalanx_version()},
+        "generated_at": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
+    }
 
 
 def _load_genesis(path: Path) -> Genesis:
@@ -148,10 +191,19 @@ def _audit(args: argparse.Namespace) -> int:
     finally:
         if bar is not None:
             bar.clear()
+    data = {**_provenance(), "checks": list(CHECKS), **report.to_json()}
+    genesis_info = data.get("genesis")
+    if isinstance(genesis_info, dict) and genesis_info.get("genesis_hash") is None:
+        # No --genesis: name the genesis the ledgers store, when they all agree on one.
+        stored = {ledger.genesis_hash for ledger in report.ledgers}
+        if len(stored) == 1:
+            genesis_info["genesis_hash"] = stored.pop()
     if args.json:
-        print(json.dumps(report.to_json(), indent=2))
+        _emit(json.dumps(data, indent=2) + "\n")
     else:
-        _print_report(report, sys.stdout)
+        out = io.StringIO()
+        _print_report(report, out, data)
+        _emit(out.getvalue())
     return EXIT_OK if report.ok else EXIT_FAILED
 
 
@@ -181,9 +233,15 @@ class _ProgressBar:
             self._stream.flush()
 
 
-def _print_report(report: AuditReport, out: TextIO) -> None:
+def _print_report(report: AuditReport, out: TextIO, data: dict[str, Any]) -> None:
+    print(f"{data['tool']['name']} {data['tool']['version']}, {data['generated_at']}", file=out)
+    print(f"checks: {', '.join(data['checks'])}", file=out)
     if report.genesis_path is None:
-        print("genesis: each ledger's stored genesis (pass --genesis to check yours)", file=out)
+        stored = data["genesis"].get("genesis_hash") or "differs between the ledgers"
+        print(
+            f"genesis: each ledger's stored genesis ({stored}; pass --genesis to check yours)",
+            file=out,
+        )
     else:
         print(f"genesis: {report.genesis_path} ({report.genesis_hash})", file=out)
     for ledger in report.ledgers:
@@ -251,28 +309,69 @@ def _verify_receipt(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from exc
     genesis = _load_genesis(args.genesis)
+    tx = None if args.tx is None else _read_tx(args.tx)
     try:
         receipt: Any = parse_json(data)
+        if isinstance(receipt, dict) and "receipt" in receipt and "status" in receipt:
+            receipt = receipt["receipt"]  # the API's whole answer to POST/GET /v1/tx
         failures = verify_receipt(receipt, genesis)
     except CanonicalJsonError as exc:
         receipt, failures = None, [f"the receipt is not Phalanx JSON: {exc}"]
     known = isinstance(receipt, dict)
+    if tx is not None:
+        failures += _tx_binding_failures(tx, receipt if known else {}, genesis)
     result = {
         "ok": not failures,
         "tx_id": receipt.get("tx_id") if known else None,
         "seq": receipt.get("seq") if known else None,
         "index": receipt.get("index") if known else None,
         "failures": failures,
+        "tx_bound": tx is not None and not failures,
+        "checks": list(RECEIPT_CHECKS) + (["tx_binding"] if tx is not None else []),
+        **_provenance(),
     }
     if args.json:
-        print(json.dumps(result, indent=2))
+        _emit(json.dumps(result, indent=2) + "\n")
     elif failures:
-        print(f"receipt {path} is INVALID:")
-        for failure in failures:
-            print(f"  - {failure}")
+        lines = [f"receipt {path} is INVALID:", *[f"  - {failure}" for failure in failures]]
+        _emit("\n".join(lines) + "\n")
     else:
-        print(
+        bound = f", and it is the receipt of {args.tx}" if tx is not None else ""
+        _emit(
             f"receipt valid: tx {result['tx_id']} committed at seq {result['seq']} "
-            f"index {result['index']} (chain {genesis.chain_id})"
+            f"index {result['index']} (chain {genesis.chain_id}){bound}\n"
+            f"checks: {', '.join(result['checks'])}\n"
         )
     return EXIT_FAILED if failures else EXIT_OK
+
+
+def _read_tx(path: Path) -> Any:
+    from crypto.canonical import CanonicalJsonError, parse_json
+
+    try:
+        return parse_json(path.read_bytes())
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    except CanonicalJsonError as exc:
+        raise UsageError(f"--tx {path} is not a JSON transaction: {exc}") from exc
+
+
+def _tx_binding_failures(tx: Any, receipt: dict[str, Any], genesis: Genesis) -> list[str]:
+    """Why ``receipt`` is not the receipt of the signed transaction ``tx``; empty if it is."""
+    from crypto.hashing import hash_object
+    from ledger.transaction import TxError, check_transaction
+
+    if not isinstance(tx, dict) or not isinstance(tx.get("body"), dict):
+        return ['--tx is not a transaction ({"body", "sig"})']
+    failures = []
+    tx_id = hash_object(tx["body"])
+    if receipt.get("tx_id") != tx_id:
+        failures.append(
+            f"the receipt is for tx {receipt.get('tx_id')}, but the given transaction's id is "
+            f"{tx_id}"
+        )
+    try:
+        check_transaction(tx, genesis.chain_id)
+    except TxError as exc:
+        failures.append(f"the given transaction is not validly signed for this chain: {exc}")
+    return failures

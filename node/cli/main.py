@@ -10,15 +10,18 @@ import sys
 from collections.abc import Sequence
 
 # Modules under node/cli/, each registering one top-level subcommand.
-COMMAND_MODULES = ("keygen", "node", "testnet", "tx", "audit")
+COMMAND_MODULES = ("keygen", "genesis", "node", "testnet", "tx", "audit")
 
 EXIT_USAGE = 2
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from node.version import phalanx_version
+
     parser = argparse.ArgumentParser(
         prog="phalanx", description="Phalanx: a Byzantine fault-tolerant ledger node."
     )
+    parser.add_argument("--version", action="version", version=f"phalanx {phalanx_version()}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:
         module = importlib.import_module(f"node.cli.{name}")
