@@ -1,7 +1,8 @@
 """What one step of the replica asks its driver to do, in this order:
 
 1. **persist** every record in ``persist`` (and drop records below ``discard_below``) durably;
-2. then **send** ``sends``;
+2. then **send** ``sends``, and relay ``relay`` (client requests, re-broadcast to every other
+   validator as the node relays new requests: a backup whose request timer fired does so);
 3. then **execute** ``committed`` into the ledger, strictly in seq order;
 4. then act on ``state_transfer`` (fetch committed blocks from peers).
 
@@ -14,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from consensus.batch import Batch
+from consensus.batch import Batch, Tx
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,16 +72,20 @@ class Output:
     sends: list[Send] = field(default_factory=list)
     committed: list[Committed] = field(default_factory=list)
     state_transfer: StateTransfer | None = None
+    relay: list[Tx] = field(default_factory=list)
 
     def extend(self, other: Output) -> None:
         self.persist.extend(other.persist)
         if other.discard_below is not None:
             self.discard_below = max(self.discard_below or 0, other.discard_below)
         self.sends.extend(other.sends)
+        self.relay.extend(other.relay)
         self.committed.extend(other.committed)
         if other.state_transfer is not None:
             self.state_transfer = other.state_transfer
 
     @property
     def is_empty(self) -> bool:
-        return not (self.persist or self.sends or self.committed or self.state_transfer)
+        return not (
+            self.persist or self.sends or self.committed or self.state_transfer or self.relay
+        )

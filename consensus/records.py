@@ -11,6 +11,11 @@ Keys (a key written again replaces the old value):
     seq/<seq:016d>/commit       {"seq", "message"}         our COMMIT (latest view)
     seq/<seq:016d>/prepared     {"seq", "certificate"}     highest-view prepared certificate
     seq/<seq:016d>/checkpoint   {"seq", "message"}         our CHECKPOINT
+    batch/<digest>              {"seq", "batch"}           a batch we hold (any view), by digest
+
+Batches are kept apart from the pre-prepares, by digest, so that accepting a NEW-VIEW's
+pre-prepare (digest only) never overwrites the only durable copy of a batch that may be prepared
+somewhere: a batch record lives until its seq falls below the stable checkpoint.
 
 Per-seq values carry an integer ``"seq"`` field and the others do not: the ledger store deletes
 exactly the records whose value's ``seq`` is below ``Output.discard_below`` (``ledger.store``).
@@ -34,6 +39,22 @@ PHASE_PREPARE = "prepare"
 PHASE_COMMIT = "commit"
 PHASE_PREPARED = "prepared"
 PHASE_CHECKPOINT = "checkpoint"
+
+
+BATCH_PREFIX = "batch/"
+
+
+def batch_key(digest: str) -> str:
+    return f"{BATCH_PREFIX}{digest}"
+
+
+def parse_batch_key(key: str) -> str | None:
+    """The digest named by a batch record's key, or None for another key."""
+    return key[len(BATCH_PREFIX) :] if key.startswith(BATCH_PREFIX) else None
+
+
+def batch_record(seq: int, digest: str, batch_wire: dict[str, Any]) -> Record:
+    return Record(batch_key(digest), {"seq": seq, "batch": batch_wire})
 
 
 def seq_key(seq: int, phase: str) -> str:

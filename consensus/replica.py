@@ -34,6 +34,7 @@ from consensus.messages import (
     PreparedCert,
     PrePrepare,
     ViewChange,
+    decode_batch,
     decode_checkpoint,
     decode_message,
     decode_prepared_cert,
@@ -50,6 +51,30 @@ from crypto.signing import TAG_COMMIT, Signer, Verifier
 VIEWS_AHEAD_MAX = 64  # messages for views further ahead than this are ignored
 PENDING_TXS_MAX = 200_000  # client requests waiting to be ordered
 EARLY_MESSAGES_MAX = 8_192  # normal-case messages for a view whose NEW-VIEW we have not installed
+# The early buffer also holds at most this many bytes per sender (messages measured as their
+# canonical JSON, ``_early_size``). Only what could become valid is kept: a PRE-PREPARE from
+# the primary of its view with a batch within the limits, votes, all for seqs inside the
+# current watermarks. So the whole buffer holds at most
+#     EARLY_BYTES_BOUND(n) = (n - 1) * EARLY_BYTES_PER_SENDER_MAX      (48 MiB for n = 4),
+# and f Byzantine peers pin at most f * EARLY_BYTES_PER_SENDER_MAX (16 MiB each), whatever
+# they send; honest messages refused past the cap are retransmitted (``_tick_retransmit``).
+EARLY_BYTES_PER_SENDER_MAX = 16 * 1024 * 1024
+EARLY_VOTE_BYTES = 512  # what a buffered PREPARE or COMMIT is counted as (its JSON is ~400 B)
+
+
+def early_bytes_bound(n: int) -> int:
+    """The most bytes the early buffer ever holds in a group of ``n`` validators."""
+    return (n - 1) * EARLY_BYTES_PER_SENDER_MAX
+
+
+# Replies are rate-limited per peer (amplification): a peer gets at most this many bytes of
+# BATCH-RESPONSEs and NEW-VIEWs per REPLY_WINDOW_TICKS, and our NEW-VIEW at most once per
+# (peer, view) per HELP_PERIOD (half the view-change timeout: how often a laggard re-asks).
+REPLY_BYTES_PER_WINDOW = 8 * 1024 * 1024
+REPLY_WINDOW_TICKS = 10
+# A backup whose request timer fires relays the requests that waited that long once per view
+# (PBFT §4.4: backups forward requests to the primary), at most this many per expiry.
+RELAY_ON_TIMEOUT_MAX = 256
 VERIFY_CACHE_MAX = 65_536  # good signatures remembered (NEW-VIEW re-checks VIEW-CHANGEs)
 DROPPED_KEYS_MAX = 4_096  # distinct (sender, reason) counters
 TIMEOUT_DOUBLINGS_MAX = 16
@@ -75,7 +100,10 @@ class Replica:
     * ``dropped``: a Counter of (sender, reason) for every peer input that was refused.
 
     ``records`` are what earlier Outputs asked to persist (see ``consensus.records``);
-    ``last_executed_seq`` and ``head_hash`` come from the ledger (None means genesis_hash).
+    ``last_executed_seq`` and ``head_hash`` come from the ledger (None means genesis_hash), and
+    so do ``last_exec_time_ms`` (the time of the latest executed non-null batch, so that batch
+    times never go back across a restart) and ``executed_batch`` (the batch executed at a seq,
+    so that BATCH-REQUESTs for executed seqs are answered after a restart too).
     """
 
     def __init__(
@@ -89,6 +117,8 @@ class Replica:
         records: Sequence[Record] = (),
         last_executed_seq: int = 0,
         head_hash: str | None = None,
+        last_exec_time_ms: int = 0,
+        executed_batch: Callable[[int], Batch | None] | None = None,
     ) -> None:
         self._config = config
         self._signer = signer
@@ -102,7 +132,13 @@ class Replica:
         self._active = True  # False between sending VIEW-CHANGE and installing NEW-VIEW
         self._last_active_view = 0
         self._slots: dict[int, Slot] = {}
-        self._batches: dict[str, Batch] = {}  # every batch of the log, by digest
+        # Every batch we hold above the stable checkpoint, by digest, whatever its view: one of
+        # them may be prepared somewhere and re-proposed by any later NEW-VIEW. Each is also
+        # persisted under its own record (``rec.batch_record``) until the stable checkpoint.
+        self._batches: dict[str, Batch] = {}
+        self._stored_batches: set[str] = set()  # digests with a durable batch record
+        self._executed_batch = executed_batch
+        self._exec_digests: dict[str, int] = {}  # executed digest -> seq, above the stable seq
         self._tx_seq: dict[str, int] = {}  # tx_id -> seq of the current log's batch holding it
         # Requests in arrival order. OrderedDicts: they are consumed from the front, where a
         # plain dict would leave a growing run of deleted slots to skip on every scan.
@@ -115,7 +151,7 @@ class Replica:
         self._last_executed = last_executed_seq
         self._head_hash = config.genesis_hash if head_hash is None else head_hash
         self._exec_hashes: dict[int, str] = {last_executed_seq: self._head_hash}
-        self._last_exec_time_ms = 0
+        self._last_exec_time_ms = last_exec_time_ms
         self._stable_seq = 0
         self._stable_hash = config.genesis_hash
         self._stable_proof: tuple[Checkpoint, ...] = ()
@@ -128,8 +164,13 @@ class Replica:
         self._sent_new_view: NewView | None = None
         self._early: list[NormalCaseMessage] = []
         self._early_per_sender: Counter[str] = Counter()
+        self._early_bytes: Counter[str] = Counter()
         self._early_views: dict[str, int] = {}  # sender -> highest view above ours it voted in
         self._batch_answers: dict[str, int] = {}  # sender -> tick of our last BATCH-RESPONSE
+        self._reply_bytes: dict[str, tuple[int, int]] = {}  # sender -> (window start, bytes)
+        self._helped: dict[tuple[str, int], int] = {}  # (sender, view) -> tick of our NEW-VIEW
+        self._relayed_view = -1  # the view in which we last relayed requests on timeout
+        self._timer_restart_tick = 0  # a relay on timeout gives the primary one more timeout
         self._signed_votes: dict[tuple[str, int, int], str] = {}  # (type, view, seq) -> digest
         self._verified: set[tuple[str, str, str, bytes]] = set()
 
@@ -188,6 +229,11 @@ class Replica:
     @property
     def public_key(self) -> str:
         return self._me
+
+    @property
+    def early_bytes(self) -> int:
+        """Bytes held in the early-message buffer (bounded by ``early_bytes_bound(n)``)."""
+        return sum(self._early_bytes.values())
 
     # ----------------------------------------------------------------------------------------
     # Inputs
@@ -456,14 +502,25 @@ class Replica:
         slot.pre_prepare = pre_prepare.without_batch()
         if batch is not None:
             self._remember_batch(batch)
-        self._persist_pre_prepare(slot.seq, dataclasses.replace(pre_prepare, batch=batch))
+        # The batch has its own record (by digest): the pre-prepare's never carries it, so
+        # writing this one again without a batch cannot destroy a stored batch.
+        self._persist(
+            rec.seq_record(
+                slot.seq, rec.PHASE_PRE_PREPARE, "message", pre_prepare.without_batch().to_wire()
+            )
+        )
 
-    def _persist_pre_prepare(self, seq: int, pre_prepare: PrePrepare) -> None:
-        self._persist(rec.seq_record(seq, rec.PHASE_PRE_PREPARE, "message", pre_prepare.to_wire()))
-
-    def _remember_batch(self, batch: Batch) -> None:
+    def _store_batch(self, batch: Batch) -> None:
+        """Hold ``batch`` in memory and durably (once) until the stable checkpoint passes it."""
         self._batches[batch.digest] = batch
         self._wanted.pop(batch.digest, None)
+        if batch.digest not in self._stored_batches and not batch.is_null:
+            self._stored_batches.add(batch.digest)
+            self._persist(rec.batch_record(batch.seq, batch.digest, batch.to_wire()))
+
+    def _remember_batch(self, batch: Batch) -> None:
+        """``batch`` is in the current view's log: its requests are ordered there."""
+        self._store_batch(batch)
         for tx in batch.txs:
             self._tx_seq[tx.tx_id] = batch.seq
             self._unbatched.pop(tx.tx_id, None)
@@ -531,6 +588,7 @@ class Replica:
             f"executing {batch.seq} after {self._last_executed}",
         )
         self._out.committed.append(Committed(batch, certificate))
+        self._exec_digests[batch.digest] = batch.seq
         self._head_hash = block_hash(batch.seq, self._head_hash, batch.digest)
         self._last_executed = batch.seq
         self._progress_tick = self._ticks
@@ -641,6 +699,8 @@ class Replica:
         self._heads = {k: c for k, c in self._heads.items() if c.seq > seq}
         self._exec_hashes = {s: h for s, h in self._exec_hashes.items() if s >= seq}
         self._batches = {d: b for d, b in self._batches.items() if b.seq > seq}
+        self._stored_batches &= self._batches.keys()  # the store discards their records too
+        self._exec_digests = {d: s for d, s in self._exec_digests.items() if s > seq}
         self._tx_seq = {t: s for t, s in self._tx_seq.items() if s > seq}
         self._signed_votes = {k: d for k, d in self._signed_votes.items() if k[2] > seq}
         self._set_early([m for m in self._early if m.seq > seq])
@@ -817,7 +877,32 @@ class Replica:
                     self._try_propose(force=True)
             return
         if self._request_timer_expired():
+            if self._relay_stale_requests():
+                return  # the primary may simply never have heard of them: one more timeout
             self._start_view_change(self._view + 1)
+
+    def _relay_stale_requests(self) -> bool:
+        """PBFT §4.4: a backup forwards a request whose timer fired, since the primary may never
+        have received it (the client or the node's one-shot relay reached us alone). Once per
+        view, at most RELAY_ON_TIMEOUT_MAX requests, and it buys the primary one more timeout
+        (once per view, so a primary that stalls cannot keep the timer from firing); True if
+        something was relayed."""
+        if self._relayed_view == self._view:
+            return False
+        timeout = self._timeout_ticks()
+        stale: list[Tx] = []
+        for tx, arrival in self._pending.values():
+            if self._ticks - max(arrival, self._view_start_tick) < timeout:
+                break  # in arrival order: the rest waited less
+            stale.append(tx)
+            if len(stale) >= RELAY_ON_TIMEOUT_MAX:
+                break
+        if not stale:
+            return False
+        self._relayed_view = self._view
+        self._out.relay.extend(stale)
+        self._timer_restart_tick = self._ticks
+        return True
 
     def _tick_retransmit(self) -> None:
         """The paper assumes lost messages are retransmitted. When execution has stalled for half
@@ -846,7 +931,8 @@ class Replica:
         _, arrival = next(iter(self._pending.values()))
         waited = self._ticks - max(arrival, self._view_start_tick)
         timeout = self._timeout_ticks()
-        stalled = self._ticks - max(self._progress_tick, self._view_start_tick) >= timeout
+        since = max(self._progress_tick, self._view_start_tick, self._timer_restart_tick)
+        stalled = self._ticks - since >= timeout
         return waited >= timeout and (stalled or waited >= CENSORSHIP_TIMEOUTS * timeout)
 
     def _tick_view_change(self) -> None:
@@ -985,12 +1071,30 @@ class Replica:
             self._try_new_view()
 
     def _help_laggard(self, view_change: ViewChange) -> None:
-        """A replica still asking for the view we already installed, or an older one (it was down
-        while several views passed), missed our NEW-VIEW: send it. The NEW-VIEW proves itself
-        (q VIEW-CHANGEs), and moving up to a later view is always allowed."""
+        """A replica still asking for the view we installed (and lead) missed our NEW-VIEW: send
+        it, to the VIEW-CHANGE's signer only, at most once per (signer, view) per half timeout
+        (how often it re-asks) and within its reply budget. A VIEW-CHANGE is cheap to replay
+        (cached signature) and the NEW-VIEW is large: answering every copy, or copies for older
+        views, would let one faulty replica aim a stream of NEW-VIEWs at anyone. A replica stuck
+        in an older view joins ours from the votes it sees (``_maybe_join_installed_view``)."""
         nv = self._sent_new_view
-        if nv is not None and nv.view == self._view and view_change.view <= self._view:
-            self._out.sends.append(Send(nv.to_wire(), to=view_change.sender))
+        if nv is None or nv.view != self._view or view_change.view != self._view:
+            return
+        key = (view_change.sender, view_change.view)
+        last = self._helped.get(key)
+        if last is not None and self._ticks - last < self._help_period():
+            self._drop(view_change.sender, "help_rate")
+            return
+        wire = nv.to_wire()
+        if not self._reply_budget(view_change.sender, _new_view_size(nv)):
+            self._drop(view_change.sender, "reply_bytes_rate")
+            return
+        self._helped = {k: t for k, t in self._helped.items() if k[1] == self._view}
+        self._helped[key] = self._ticks
+        self._out.sends.append(Send(wire, to=view_change.sender))
+
+    def _help_period(self) -> int:
+        return max(1, self._config.view_change_timeout_ticks // 2)
 
     def _maybe_join_higher_view(self) -> None:
         """§4.5.2: f + 1 replicas asking for views above ours include an honest one: join the
@@ -1112,20 +1216,55 @@ class Replica:
         self._try_propose(force=False)
 
     def _keep_early(self, message: NormalCaseMessage) -> None:
-        """Bounded per sender, so a faulty replica cannot crowd out the honest ones' votes."""
-        if self._early_per_sender[message.sender] >= EARLY_MESSAGES_MAX // self._config.n:
-            self._drop(message.sender, "early_buffer_full")
+        """Keep only what could become valid once the view is installed, bounded per sender in
+        count and bytes, so a faulty replica cannot pin memory nor crowd out honest votes."""
+        reason = self._early_refusal(message)
+        if reason is not None:
+            self._drop(message.sender, reason)
+            return
+        size = _early_size(message)
+        sender = message.sender
+        if (
+            self._early_per_sender[sender] >= EARLY_MESSAGES_MAX // self._config.n
+            or self._early_bytes[sender] + size > EARLY_BYTES_PER_SENDER_MAX
+        ):
+            self._drop(sender, "early_buffer_full")
             return
         self._early.append(message)
-        self._early_per_sender[message.sender] += 1
+        self._early_per_sender[sender] += 1
+        self._early_bytes[sender] += size
         if message.view > self._view:
             view = max(message.view, self._early_views.get(message.sender, 0))
             self._early_views[message.sender] = view
             self._maybe_join_installed_view()
 
+    def _early_refusal(self, message: NormalCaseMessage) -> str | None:
+        """Why ``message`` could never be accepted in its view, or None."""
+        if not self._in_window(message.seq):
+            return "early_outside_watermarks"
+        if isinstance(message, PrePrepare):
+            if message.sender != self._config.primary(message.view):
+                return "pre_prepare_not_from_primary"
+            batch = message.batch
+            if batch is None:
+                return "pre_prepare_without_batch"
+            if len(batch.txs) > self._config.batch_size_max:
+                return "batch_too_large"
+            if len(batch.txs) > 1 and _batch_size(batch) > (
+                self._config.batch_bytes_max + EARLY_VOTE_BYTES
+            ):
+                return "batch_too_large"
+        elif message.sender == self._config.primary(message.view) and isinstance(message, Prepare):
+            return "prepare_from_primary"
+        return None
+
     def _set_early(self, messages: list[NormalCaseMessage]) -> None:
-        self._early = messages
+        self._early = [m for m in messages if self._in_window(m.seq)]
+        messages = self._early
         self._early_per_sender = Counter(m.sender for m in messages)
+        self._early_bytes = Counter()
+        for m in messages:
+            self._early_bytes[m.sender] += _early_size(m)
         self._early_views = {}
         for m in messages:
             if m.view > self._view:
@@ -1181,18 +1320,49 @@ class Replica:
             self._broadcast(sign_message(self._signer, BatchRequest(self._config.chain_id, chunk)))
 
     def on_batch_request(self, request: BatchRequest) -> None:
-        """Batches certify themselves by digest, so any replica may answer for any other."""
+        """Batches certify themselves by digest, so any replica may answer for any other: from
+        memory, or from the ledger for an executed seq. At most one answer per peer per tick,
+        and at most REPLY_BYTES_PER_WINDOW bytes of replies per peer per window."""
         if self._batch_answers.get(request.sender) == self._ticks:
             self._drop(request.sender, "batch_request_rate")  # one answer per peer per tick
             return
-        batches = [self._batches[d] for d in request.digests if d in self._batches]
-        if batches:
-            self._batch_answers[request.sender] = self._ticks
+        answered = False
         # One response per batch: each batch fits a peer frame (batch_bytes_max), several
         # together might not, and an oversized message would never arrive.
-        for batch in batches:
+        for digest in request.digests:
+            batch = self._find_batch(digest)
+            if batch is None:
+                continue
+            if not self._reply_budget(request.sender, _batch_size(batch)):
+                self._drop(request.sender, "reply_bytes_rate")
+                break
+            answered = True
             response = sign_message(self._signer, BatchResponse(self._config.chain_id, (batch,)))
             self._out.sends.append(Send(response.to_wire(), to=request.sender))
+        if answered:
+            self._batch_answers[request.sender] = self._ticks
+
+    def _find_batch(self, digest: str) -> Batch | None:
+        batch = self._batches.get(digest)
+        if batch is not None:
+            return batch
+        seq = self._exec_digests.get(digest)
+        if seq is None or self._executed_batch is None:
+            return None
+        batch = self._executed_batch(seq)
+        return batch if batch is not None and batch.digest == digest else None
+
+    def _reply_budget(self, peer: str, size: int) -> bool:
+        """Charge ``size`` bytes of replies to ``peer``; False once its window's budget is spent
+        (replies are cheap to ask for and costly to send: amplification)."""
+        start, spent = self._reply_bytes.get(peer, (self._ticks, 0))
+        if self._ticks - start >= REPLY_WINDOW_TICKS:
+            start, spent = self._ticks, 0
+        if spent + size > REPLY_BYTES_PER_WINDOW:
+            self._reply_bytes[peer] = (start, spent)
+            return False
+        self._reply_bytes[peer] = (start, spent + size)
+        return True
 
     def on_batch_response(self, response: BatchResponse) -> None:
         for batch in response.batches:
@@ -1204,12 +1374,11 @@ class Replica:
                 # forged signatures. Refuse it; the digest stays wanted and is asked for again.
                 self._drop(response.sender, "batch_with_invalid_tx")
                 continue
-            self._remember_batch(batch)
             slot = self._slots.get(batch.seq)
-            if slot is not None and slot.pre_prepare is not None and slot.digest == batch.digest:
-                self._persist_pre_prepare(
-                    batch.seq, dataclasses.replace(slot.pre_prepare, batch=batch)
-                )
+            if slot is not None and slot.digest == batch.digest:
+                self._remember_batch(batch)
+            else:
+                self._store_batch(batch)  # wanted for execution, or by a slot of another view
         self._execute_ready()
 
     # ----------------------------------------------------------------------------------------
@@ -1230,6 +1399,9 @@ class Replica:
                 self._restore_seq(seq, per_seq[seq])
             except (MalformedMessage, KeyError, TypeError, ValueError) as exc:
                 raise InvariantViolation(f"records of seq {seq} are corrupt: {exc}") from exc
+        self._batches = {d: b for d, b in self._batches.items() if b.seq > self._stable_seq}
+        self._stored_batches &= self._batches.keys()
+        self._index_executed()
         if not self._active:
             self._last_active_view = max(0, self._view - 1)
         else:
@@ -1253,6 +1425,12 @@ class Replica:
             message = decode_message(value["message"])
             invariant(isinstance(message, ViewChange), "view_change record holds another message")
             self._sent_view_change = message if isinstance(message, ViewChange) else None
+        elif (digest := rec.parse_batch_key(record.key)) is not None:
+            batch = decode_batch(value["batch"])
+            if batch.digest != digest or batch.seq != value["seq"]:
+                raise ValueError(f"batch record {record.key!r} holds another batch")
+            self._batches[digest] = batch
+            self._stored_batches.add(digest)
         elif record.key == rec.KEY_NEW_VIEW:
             message = decode_message(value["message"])
             invariant(isinstance(message, NewView), "new_view record holds another message")
@@ -1285,6 +1463,9 @@ class Replica:
             cert = decode_prepared_cert(phases[rec.PHASE_PREPARED]["certificate"])
             self._prepared_certs[seq] = cert
         pre_prepare = messages.get(rec.PHASE_PRE_PREPARE)
+        if isinstance(pre_prepare, PrePrepare) and pre_prepare.batch is not None:
+            # Records written before batches had their own: keep the batch, whatever its view.
+            self._batches.setdefault(pre_prepare.digest, pre_prepare.batch)
         if (
             not isinstance(pre_prepare, PrePrepare)
             or pre_prepare.view != self._view
@@ -1293,8 +1474,9 @@ class Replica:
             return
         slot = self._slot(seq)
         slot.pre_prepare = pre_prepare.without_batch()
-        if pre_prepare.batch is not None:
-            self._remember_batch(pre_prepare.batch)
+        batch = self._batches.get(pre_prepare.digest)
+        if batch is not None:
+            self._remember_batch(batch)
         own_prepare, own_commit = messages.get(rec.PHASE_PREPARE), messages.get(rec.PHASE_COMMIT)
         if isinstance(own_prepare, Prepare) and (own_prepare.view, own_prepare.digest) == (
             self._view,
@@ -1309,6 +1491,18 @@ class Replica:
         if cert is not None and cert.view == self._view and cert.digest == slot.digest:
             slot.prepares.update({p.sender: p for p in cert.prepares})
             slot.prepared = True
+
+    def _index_executed(self) -> None:
+        """Digest -> seq of the executed batches above the stable checkpoint (at most L of them),
+        read from the ledger: a peer may ask for one of them by digest (a NEW-VIEW re-proposed
+        it, or it is committed and the peer missed it), and only the ledger still has it."""
+        if self._executed_batch is None:
+            return
+        low = max(self._stable_seq, self._last_executed - self._config.watermark_window)
+        for seq in range(low + 1, self._last_executed + 1):
+            batch = self._executed_batch(seq)
+            if batch is not None:
+                self._exec_digests[batch.digest] = seq
 
     def _note_signed(self, message: PrePrepare | Prepare | Commit) -> None:
         self._signed_votes[(message.TYPE, message.view, message.seq)] = message.digest
@@ -1350,6 +1544,36 @@ class Replica:
     def _take(self) -> Output:
         out, self._out = self._out, Output()
         return out
+
+
+def _tx_size(tx: Tx) -> int:
+    """Bytes of a transaction as JSON: measured where the node parsed it, else measured here."""
+    if tx.size:
+        return tx.size
+    try:
+        return len(canonical_json(dict(tx.wire)))
+    except CanonicalJsonError:
+        return 0
+
+
+def _batch_size(batch: Batch) -> int:
+    return EARLY_VOTE_BYTES + sum(_tx_size(tx) for tx in batch.txs)
+
+
+def _early_size(message: NormalCaseMessage) -> int:
+    if isinstance(message, PrePrepare) and message.batch is not None:
+        return _batch_size(message.batch)
+    return EARLY_VOTE_BYTES
+
+
+def _new_view_size(new_view: NewView) -> int:
+    """A NEW-VIEW's size: its VIEW-CHANGEs' certificates and its pre-prepares, about a vote
+    each (a close estimate without encoding the message again)."""
+    votes = len(new_view.pre_prepares) + 1
+    for vc in new_view.view_changes:
+        votes += 1 + len(vc.checkpoint_proof)
+        votes += sum(1 + len(cert.prepares) for cert in vc.prepared)
+    return votes * EARLY_VOTE_BYTES
 
 
 def _claimed_sender(wire: object) -> str:

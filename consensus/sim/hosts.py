@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
-from consensus.batch import Tx, TxChecker, block_hash
+from consensus.batch import Batch, Tx, TxChecker, block_hash
 from consensus.config import ReplicaConfig
 from consensus.output import Committed, Output, Record
 from consensus.replica import Replica
@@ -97,7 +97,13 @@ class HonestHost:
             records=sorted(self.records.values(), key=lambda r: r.key),
             last_executed_seq=len(self.ledger),
             head_hash=head if self.ledger else None,
+            last_exec_time_ms=last_batch_time(self.ledger),
+            executed_batch=self._executed_batch,
         )
+
+    def _executed_batch(self, seq: int) -> Batch | None:
+        """What the node reads from its ledger: the batch executed at ``seq``."""
+        return self.ledger[seq - 1].batch if 1 <= seq <= len(self.ledger) else None
 
     # --- inputs ----------------------------------------------------------------------------
 
@@ -161,6 +167,8 @@ class HonestHost:
         if output.discard_below is not None:
             self._discard(output.discard_below)
         envelopes = [Envelope(send.to, ConsensusWire(send.message)) for send in output.sends]
+        if output.relay:
+            envelopes.append(Envelope(None, Relay(tuple(output.relay))))
         if self._torn is not None:
             sent = envelopes[: int(len(envelopes) * self._torn)]
             self._torn = None
@@ -199,6 +207,11 @@ class HonestHost:
                 self.executed.append(tx.tx_id)
             self.committed_ids.add(tx.tx_id)
             self.pool.pop(tx.tx_id, None)
+
+
+def last_batch_time(ledger: Sequence[Committed]) -> int:
+    """The time of the latest executed non-null batch (null batches carry time 0)."""
+    return next((b.batch.time_ms for b in reversed(ledger) if not b.batch.is_null), 0)
 
 
 class ExecutionOrderError(Exception):

@@ -16,6 +16,7 @@ from consensus.batch import Tx, TxChecker, block_hash
 from consensus.config import ReplicaConfig
 from consensus.output import Committed, Output, Record, StateTransfer
 from consensus.replica import Replica
+from consensus.sim.hosts import last_batch_time
 from crypto.signing import Ed25519Signer, Ed25519Verifier
 
 CHAIN_ID = "phalanx-test"
@@ -73,6 +74,7 @@ class Cluster:
         self.filters: list[Filter] = []
         self.nodes: list[Node] = [Node(None) for _ in range(n)]
         self.outputs: list[tuple[int, Output]] = []  # every output carried out, for inspection
+        self.relays: list[tuple[int, list[Tx]]] = []  # requests relayed, delivered after sends
         for i in range(n):
             self.nodes[i].replica = self._make_replica(i)
 
@@ -89,6 +91,10 @@ class Cluster:
             records=sorted(node.records.values(), key=lambda r: r.key),
             last_executed_seq=len(node.ledger),
             head_hash=node.head_hash if node.ledger else None,
+            last_exec_time_ms=last_batch_time(node.ledger),
+            executed_batch=lambda seq: (
+                node.ledger[seq - 1].batch if 1 <= seq <= len(node.ledger) else None
+            ),
         )
 
     def crash(self, i: int) -> None:
@@ -123,6 +129,8 @@ class Cluster:
             self.queue.append(
                 (i, None if send.to is None else self.index_of(send.to), send.message)
             )
+        if output.relay:
+            self.relays.append((i, list(output.relay)))
         for committed in output.committed:
             assert committed.batch.seq == len(node.ledger) + 1, "executed out of order"
             node.ledger.append(committed)
@@ -133,8 +141,16 @@ class Cluster:
     def deliver(self, steps_max: int = 100_000) -> int:
         """Deliver queued messages until the queue is empty; returns how many were delivered."""
         delivered = 0
-        while self.queue:
+        while self.queue or self.relays:
             assert delivered < steps_max, "message storm"
+            if not self.queue:
+                # A relay goes to every other replica, as the node's RELAY frame does.
+                sender, txs = self.relays.pop(0)
+                for j, other in enumerate(self.nodes):
+                    if j != sender and other.replica is not None:
+                        delivered += 1
+                        self.apply(j, other.replica.on_requests(txs))
+                continue
             sender, to, wire = self.queue.popleft()
             targets = [to] if to is not None else [j for j in range(len(self.nodes)) if j != sender]
             for j in targets:
