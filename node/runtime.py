@@ -29,22 +29,28 @@ from consensus.output import Committed, Output
 from consensus.replica import Replica
 from crypto.keys import KeyFileError, load_private_key
 from crypto.signing import Ed25519Verifier
+from ledger.executed import executed_batch, last_batch_time
 from ledger.genesis import GenesisError, load_genesis, replica_config
+from ledger.state_machine import ChainRules
 from ledger.store import LedgerStore, StoreError
 from node.api.app import ApiContext, create_app
 from node.api.events import CommitWaiters, EventHub
+from node.api.operator import OperatorContext
 from node.config import ConfigError, NodeConfig
+from node.consensus_log import STATUS_MESSAGE, ConsensusLog, PeerTracker, ReplicaState
 from node.metrics import NodeMetrics
 from node.p2p.block_sync import MESSAGE_TYPES as BLOCK_SYNC_MESSAGES
 from node.p2p.block_sync import BlockSync
 from node.p2p.peers import PeerNetwork
 from node.pool import Pool
+from node.version import phalanx_version
 
 INBOX_MAX = 20_000
 RELAY = "relay-txs"
 RELAY_CHUNK_MAX = 500
 BATCH_BYTES_MAX = 4 * 1024 * 1024
 VIEW_CHANGE_TIMEOUT_MS = 2_000
+OPERATOR_POLL_S = 0.5  # peer/catch-up log events, peer gauge; node-status every other poll
 
 _log = logging.getLogger("phalanx.node")
 
@@ -110,6 +116,8 @@ class NodeRuntime:
         )
         self.metrics = NodeMetrics()
         self.pool = Pool(
+            ChainRules.of(self.genesis),
+            self.store.balance,
             capacity=config.limits.pending_pool_max,
             on_accepted=self._on_txs_accepted,
             is_committed=self.store.is_committed,
@@ -125,6 +133,9 @@ class NodeRuntime:
                 records=self.store.load_records(),
                 last_executed_seq=head_seq,
                 head_hash=head_hash,
+                # Batch times never go back across a restart; executed batches stay servable.
+                last_exec_time_ms=last_batch_time(self.store, head_seq),
+                executed_batch=lambda seq: executed_batch(self.store, seq),
             )
         except (StoreError, InvariantViolation) as exc:
             # Damaged consensus records: restarting without them could make us sign twice.
@@ -155,6 +166,27 @@ class NodeRuntime:
         )
         self.waiters = CommitWaiters()
         self.events = EventHub()
+        # Why the node stopped serving, if it did; /v1/health reports them (node.api.operator).
+        self.halted_reason: str | None = None
+        self.diverged_reason: str | None = None
+        self.tracker = PeerTracker([k for k in self.genesis.validator_keys if k != me])
+        self.consensus_log = ConsensusLog(
+            {v.pubkey: v.name for v in self.genesis.validators},
+            on_view_change=lambda reason: self.metrics.view_change_starts.labels(reason).inc(),
+        )
+        self._operator = OperatorContext(
+            genesis=self.genesis,
+            pubkey=me,
+            peer_addresses={key: str(addr) for key, addr in config.peers.items()},
+            connected=self.peers.connected_peers,
+            catching_up=lambda: self.block_sync.fetcher.active,
+            tracker=self.tracker,
+            series=self.metrics.series,
+            pool_size=lambda: len(self.pool),
+            halted=lambda: self.halted_reason,
+            diverged=lambda: self.diverged_reason,
+            evidence_count=lambda: len(self._evidence()),
+        )
         self._inbox: asyncio.Queue[_Event] = asyncio.Queue()  # bounded in _put
         self._tick_pending = False
         self._stopping = asyncio.Event()
@@ -190,6 +222,7 @@ class NodeRuntime:
         self._tasks = [
             asyncio.create_task(self._consume(), name="replica"),
             asyncio.create_task(self._tick_loop(), name="ticker"),
+            asyncio.create_task(self._operator_loop(), name="operator"),
         ]
         self.block_sync.start()
         head_seq, head_hash = self.store.head()
@@ -229,6 +262,8 @@ class NodeRuntime:
         self._inbox.put_nowait(event)
 
     def _on_peer_frame(self, sender: str, wire: dict[str, Any]) -> None:
+        if self.tracker.on_frame(sender, wire):
+            return  # a node-status summary, for the dashboard only
         kind = wire.get("type")
         if kind == RELAY:
             self._spawn(self._on_relay(sender, wire))
@@ -266,11 +301,14 @@ class NodeRuntime:
         while True:
             event = await self._inbox.get()
             try:
+                before = ReplicaState.of(self.replica)
                 output = await self._step(event)
                 self._carry_out(output)
-            except Exception:
+                self.consensus_log.after_step(before, self.replica, _kind(event), output)
+            except Exception as exc:
                 # A broken invariant in the replica or the ledger: stop rather than serve or
                 # sign anything more from a state nobody can vouch for.
+                self.halted_reason = f"{type(exc).__name__}: {exc}"
                 _log.exception("node_halted", extra={"event": type(event).__name__})
                 self.stop()
                 raise
@@ -296,6 +334,9 @@ class NodeRuntime:
                 self.peers.broadcast(send.message)
             else:
                 self.peers.send(send.to, send.message)
+        # Requests whose timer fired at this backup: relayed again, the primary may lack them.
+        for chunk in _relay_chunks(output.relay, self.replica_config.batch_bytes_max):
+            self.peers.broadcast({"type": RELAY, "txs": chunk})
         for committed in output.committed:
             self._execute(committed)
         if output.state_transfer is not None:
@@ -308,6 +349,39 @@ class NodeRuntime:
 
     # ---- what the API sees ------------------------------------------------------------------
 
+    async def _operator_loop(self) -> None:
+        """Log peer and catch-up events, and tell the peers how we are (node.consensus_log)."""
+        polls = 0
+        while True:
+            await asyncio.sleep(OPERATOR_POLL_S)
+            connected = self.peers.connected_peers()
+            fetcher = self.block_sync.fetcher
+            self.metrics.observe_peers(len(connected))
+            self.consensus_log.poll(
+                connected,
+                fetcher.active,
+                self.store.head()[0],
+                fetcher.target,
+                fetcher.blocks_fetched,
+                self._evidence(),
+            )
+            polls += 1
+            if polls % 2 == 0:
+                status = self._status()
+                self.peers.broadcast(
+                    {
+                        "type": STATUS_MESSAGE,
+                        **{k: status[k] for k in ("view", "seq", "primary", "catching_up")},
+                        "peers_connected": len(connected),
+                        "healthy": not self._operator.health_reasons(),
+                    }
+                )
+
+    def _evidence(self) -> list[Any]:
+        # The evidence the node keeps (issue 10's store), when this build has it.
+        source = getattr(self.store, "evidence", None)
+        return list(source()) if callable(source) else []
+
     def _api_context(self) -> ApiContext:
         return ApiContext(
             store=self.store,
@@ -317,6 +391,7 @@ class NodeRuntime:
             waiters=self.waiters,
             metrics=self.metrics,
             body_max_bytes=self.config.limits.http_body_max_bytes,
+            operator=self._operator,
         )
 
     def _status(self) -> dict[str, Any]:
@@ -333,6 +408,9 @@ class NodeRuntime:
             "stable_checkpoint": self.replica.stable_checkpoint,
             "n": config.n,
             "f": config.f,
+            "version": phalanx_version(),
+            "catching_up": self.block_sync.fetcher.active,
+            "peers_connected": len(self.peers.connected_peers()),
         }
 
     def _spawn(self, coro: Any) -> None:
@@ -385,6 +463,14 @@ def _proposed_txs(wire: dict[str, Any]) -> list[Any]:
         return []
     txs = batch.get("txs")
     return txs if isinstance(txs, list) else []
+
+
+def _kind(event: _Event) -> str:
+    if isinstance(event, _Tick):
+        return "tick"
+    if isinstance(event, _PeerMessage):
+        return "message"
+    return "requests" if isinstance(event, _Requests) else "blocks"
 
 
 def _now_ms() -> int:
