@@ -110,9 +110,9 @@ def verify_certificate(
             failures.append(f"certificate signature by {pubkey} does not verify")
         else:
             valid += 1
-    if valid >= genesis.q:
-        return []  # spec §4: q valid votes suffice; stray entries do not void them
-    failures.append(f"certificate holds {valid} valid commit votes; a quorum is {genesis.q}")
+    if valid < genesis.q:
+        failures.append(f"certificate holds {valid} valid commit votes; a quorum is {genesis.q}")
+    # Spec v2 §4: strict; one invalid or foreign entry makes the certificate invalid.
     return failures
 
 

@@ -29,6 +29,15 @@ db                  key                            value
                                                    (owner: client pubkey hex); absent = deleted
 ``balances``        raw 32-byte pubkey             balance as 8 bytes big-endian; 0 not stored
 ``records``         UTF-8 ``Record.key``           JCS(``Record.value``)
+``state_tree``      depth (2 bytes) + path prefix  a spec §5 state tree node record (see
+                                                   :mod:`ledger.state_tree`), kept in the
+                                                   block's write transaction
+``block_roots``     seq8                           ``state_root || results_root`` (2 x 32 raw
+                                                   bytes) after executing the block
+``block_execution`` seq8                           JCS(execution certificate, spec §5), once q
+                                                   matching execution votes arrived
+``evidence``        32-byte validator pubkey +     JCS(misbehaviour evidence, spec §7); bounded
+                    JCS([kind, slot...])           and verified by :mod:`ledger.evidence`
 ==================  =============================  =============================================
 
 One process writes: :meth:`LedgerStore.open` for writing first takes an exclusive ``flock`` on
@@ -67,9 +76,19 @@ from crypto.hashing import hash_object
 from crypto.hexcodec import HASH_HEX_LEN, KEY_HEX_LEN, is_hex
 from crypto.merkle import merkle_root
 from ledger.datadir_lock import DataDirLock, DataDirLocked
+from ledger.execution import results_root
 from ledger.genesis import Genesis, genesis_from_document
 from ledger.receipt import build_receipt, verify_certificate
 from ledger.state_machine import ChainRules, Entry, execute_batch
+from ledger.state_tree import (
+    Lookup,
+    StateTree,
+    balance_leaf_data,
+    balance_path,
+    data_hash,
+    kv_leaf_data,
+    kv_path,
+)
 
 FORMAT_VERSION = b"2"  # 2: state entries carry their owner, the genesis its fee_per_byte
 MAP_SIZE_DEFAULT = 256 * 1024 * 1024
@@ -93,10 +112,15 @@ _DB_NAMES = (
     "state",
     "balances",
     "records",
+    "state_tree",
+    "block_roots",
+    "block_execution",
+    "evidence",
 )
 
 _HEADER_FIELDS = ("chain_id", "seq", "time_ms", "tx_count", "tx_root")
 _BLOCK_FIELDS = ("seq", "hash", "prev_hash", "batch", "txs", "results", "certificate")
+_API_BLOCK_FIELDS = (*_BLOCK_FIELDS, "execution")
 
 T = TypeVar("T")
 
@@ -212,6 +236,9 @@ class _LmdbState:
         self._state = dbs["state"]
         self._balances = dbs["balances"]
         self._tx_index = dbs["tx_index"]
+        # What the block wrote, for the state tree's incremental update.
+        self.touched_keys: set[str] = set()
+        self.touched_balances: set[str] = set()
 
     def get_entry(self, key: str) -> Entry | None:
         data = self._txn.get(key.encode("utf-8"), db=self._state)
@@ -223,9 +250,11 @@ class _LmdbState:
     def put_entry(self, key: str, entry: Entry) -> None:
         value = _dump(state_record(entry))
         self._txn.put(key.encode("utf-8"), value, db=self._state)
+        self.touched_keys.add(key)
 
     def delete_entry(self, key: str) -> None:
         self._txn.delete(key.encode("utf-8"), db=self._state)
+        self.touched_keys.add(key)
 
     def get_balance(self, pubkey: str) -> int:
         data = self._txn.get(bytes.fromhex(pubkey), db=self._balances)
@@ -236,6 +265,24 @@ class _LmdbState:
             self._txn.put(bytes.fromhex(pubkey), balance.to_bytes(8, "big"), db=self._balances)
         else:
             self._txn.delete(bytes.fromhex(pubkey), db=self._balances)
+        self.touched_balances.add(pubkey)
+
+    def tree_changes(self) -> dict[bytes, bytes | None]:
+        """The state tree changes of everything written so far (values as they are now)."""
+        changes: dict[bytes, bytes | None] = {}
+        for key in self.touched_keys:
+            entry = self.get_entry(key)
+            changes[kv_path(key)] = (
+                None
+                if entry is None
+                else data_hash(kv_leaf_data(key, entry.value, entry.version, entry.owner))
+            )
+        for pubkey in self.touched_balances:
+            balance = self.get_balance(pubkey)
+            changes[balance_path(pubkey)] = (
+                data_hash(balance_leaf_data(pubkey, balance)) if balance else None
+            )
+        return changes
 
     def tx_location(self, tx_id: str) -> tuple[int, int] | None:
         data = self._txn.get(bytes.fromhex(tx_id), db=self._tx_index)
@@ -244,6 +291,24 @@ class _LmdbState:
     def put_tx_location(self, tx_id: str, seq: int, index: int) -> None:
         location = _seq8(seq) + index.to_bytes(4, "big")
         self._txn.put(bytes.fromhex(tx_id), location, db=self._tx_index)
+
+
+class _LmdbNodes:
+    """The state tree's :class:`~ledger.state_tree.NodeStore` over an LMDB transaction."""
+
+    def __init__(self, txn: lmdb.Transaction, db: Any) -> None:
+        self._txn = txn
+        self._db = db
+
+    def get_node(self, pos: bytes) -> bytes | None:
+        data = self._txn.get(pos, db=self._db)
+        return None if data is None else bytes(data)
+
+    def put_node(self, pos: bytes, record: bytes) -> None:
+        self._txn.put(pos, record, db=self._db)
+
+    def delete_node(self, pos: bytes) -> None:
+        self._txn.delete(pos, db=self._db)
 
 
 def state_record(entry: Entry) -> dict[str, Any]:
@@ -283,7 +348,32 @@ class LedgerSnapshot:
         block = _load(header)
         block["txs"] = _load(self._txn.get(key, db=self._dbs["block_txs"]))
         block["results"] = _load(self._txn.get(key, db=self._dbs["block_results"]))
-        return {k: block[k] for k in _BLOCK_FIELDS}
+        block["execution"] = self.execution(seq)
+        return {k: block[k] for k in _API_BLOCK_FIELDS}
+
+    def execution(self, seq: int) -> dict[str, Any] | None:
+        """Block ``seq``'s execution certificate (spec §5), or None while it has none."""
+        data = self._txn.get(_seq8(seq), db=self._dbs["block_execution"])
+        return None if data is None else dict(_load(data))
+
+    def roots(self, seq: int) -> tuple[str, str] | None:
+        """``(state_root, results_root)`` this node computed for block ``seq``; the state root
+        of the genesis state for seq 0; None beyond the head."""
+        if seq == 0:
+            return self.state_root(), results_root([], [])
+        data = self._txn.get(_seq8(seq), db=self._dbs["block_roots"])
+        if data is None:
+            return None
+        raw = bytes(data)
+        return raw[:32].hex(), raw[32:].hex()
+
+    def state_root(self) -> str:
+        """The state tree's root as of this snapshot's head."""
+        return StateTree(_LmdbNodes(self._txn, self._dbs["state_tree"])).root().hex()
+
+    def state_lookup(self, path: bytes) -> Lookup:
+        """The state tree's entry on ``path`` with its proof, as of this snapshot's head."""
+        return StateTree(_LmdbNodes(self._txn, self._dbs["state_tree"])).lookup(path)
 
     def block_hash(self, seq: int) -> str | None:
         """``block_hash(seq)``; ``genesis_hash`` for seq 0; None beyond the head."""
@@ -326,7 +416,15 @@ class LedgerSnapshot:
         tx_ids = [raw[i : i + 32] for i in range(0, len(raw), 32)]
         results = _load(self._txn.get(key, db=self._dbs["block_results"]))
         return build_receipt(
-            tx_id, seq, index, tx_ids, header["batch"], header["certificate"], results[index]
+            tx_id,
+            seq,
+            index,
+            tx_ids,
+            header["batch"],
+            header["certificate"],
+            results,
+            header["prev_hash"],
+            self.execution(seq),
         )
 
     def get_state(self, key: str) -> dict[str, Any] | None:
@@ -349,6 +447,52 @@ class LedgerSnapshot:
             "owner": stored["owner"],
             "seq": self.head()[0],
         }
+
+    def proven_state(self, key: str) -> dict[str, Any]:
+        """``GET /v1/state/{key}?proof=true`` as of this snapshot's head, without its
+        ``execution`` (the caller adds the head block's certificate). Present or absent."""
+        seq, head_hash = self.head()
+        entry = self.get_state(key)
+        answer: dict[str, Any] = {"key": key, "value": None, "version": 0, "owner": None}
+        if entry is not None:
+            answer.update({k: entry[k] for k in ("value", "version", "owner")})
+            expected: bytes | None = data_hash(
+                kv_leaf_data(key, entry["value"], entry["version"], entry["owner"])
+            )
+        else:
+            expected = None
+        return self._with_proof(answer, kv_path(key), expected, seq, head_hash, f"key {key!r}")
+
+    def proven_balance(self, pubkey: str) -> dict[str, Any]:
+        """``GET /v1/accounts/{pubkey}?proof=true`` as of this snapshot's head, without its
+        ``execution``."""
+        seq, head_hash = self.head()
+        balance = self.balance(pubkey)
+        expected = data_hash(balance_leaf_data(pubkey, balance)) if balance else None
+        answer: dict[str, Any] = {"pubkey": pubkey, "balance": balance}
+        return self._with_proof(
+            answer, balance_path(pubkey), expected, seq, head_hash, f"balance of {pubkey}"
+        )
+
+    def _with_proof(
+        self,
+        answer: dict[str, Any],
+        path: bytes,
+        expected: bytes | None,
+        seq: int,
+        head_hash: str,
+        what: str,
+    ) -> dict[str, Any]:
+        found = self.state_lookup(path)
+        if found.data_hash != expected:
+            # The state table and the tree disagree: one of them was changed behind the
+            # ledger's back. Never serve a proof for a value the tree does not hold.
+            raise StoreError(
+                f"the ledger is damaged: the stored {what} differs from the state tree; "
+                "run phalanx audit on this data directory"
+            )
+        answer.update({"seq": seq, "block_hash": head_hash, "state_proof": found.proof.to_wire()})
+        return answer
 
     def balance(self, pubkey: str) -> int:
         if not is_hex(pubkey, KEY_HEX_LEN):
@@ -664,6 +808,12 @@ class LedgerStore:
             def work(txn: lmdb.Transaction) -> list[dict[str, Any]]:
                 state = _LmdbState(txn, self._dbs)
                 results = execute_batch(state, batch.seq, batch.txs, self._rules)
+                # The state tree follows in the same transaction: only the touched paths.
+                tree = StateTree(_LmdbNodes(txn, self._dbs["state_tree"]))
+                state_root = tree.update(state.tree_changes())
+                tx_id_list = [tx.tx_id for tx in batch.txs]
+                roots = state_root + bytes.fromhex(results_root(tx_id_list, results))
+                txn.put(key, roots, db=self._dbs["block_roots"])
                 txn.put(key, header, db=self._dbs["blocks"])
                 txn.put(key, txs, db=self._dbs["block_txs"])
                 txn.put(key, _dump(results), db=self._dbs["block_results"])
@@ -675,6 +825,48 @@ class LedgerStore:
             results = self._write(work)
             self._head = (batch.seq, new_hash)
             return results
+
+    def put_executions(self, certificates: Mapping[int, Mapping[str, Any]]) -> None:
+        """Durably store execution certificates (``seq -> certificate``, already verified by
+        the caller) of blocks the ledger holds, in one write."""
+        if not certificates:
+            return
+        with self._write_mutex:
+            head_seq = self._writer_head()[0]
+            if any(not 1 <= seq <= head_seq for seq in certificates):
+                raise LedgerInvariantError("an execution certificate for a block not stored")
+            items = [(_seq8(seq), _jcs(dict(cert))) for seq, cert in certificates.items()]
+
+            def work(txn: lmdb.Transaction) -> None:
+                for key, value in items:
+                    txn.put(key, value, db=self._dbs["block_execution"])
+
+            self._write(work)
+
+    def execution(self, seq: int) -> dict[str, Any] | None:
+        return self._read(lambda s: s.execution(seq))
+
+    def roots(self, seq: int) -> tuple[str, str] | None:
+        return self._read(lambda s: s.roots(seq))
+
+    def evidence_entries(self) -> list[tuple[bytes, bytes]]:
+        """Every (key, value) of the ``evidence`` table, in key order (see ledger/evidence.py)."""
+
+        def read(snap: LedgerSnapshot) -> list[tuple[bytes, bytes]]:
+            with snap._txn.cursor(db=self._dbs["evidence"]) as cursor:
+                return [(bytes(k), bytes(v)) for k, v in cursor]
+
+        return self._read(read)
+
+    def put_evidence(self, key: bytes, value: bytes) -> bool:
+        """Durably store one evidence entry unless ``key`` is already there; True if stored."""
+
+        def work(txn: lmdb.Transaction) -> bool:
+            stored: bool = txn.put(key, value, db=self._dbs["evidence"], overwrite=False)
+            return stored
+
+        with self._write_mutex:
+            return self._write(work)
 
     def persist_records(self, records: Iterable[Record], discard_below: int | None = None) -> None:
         """Durably write consensus records (and discard old ones) for a step without a block."""
@@ -980,6 +1172,9 @@ def _initialise(env: lmdb.Environment, dbs: dict[str, Any], genesis: Genesis) ->
         txn.put(b"genesis_hash", genesis.genesis_hash.encode("ascii"), db=meta)
         txn.put(b"chain_id", genesis.chain_id.encode("utf-8"), db=meta)
         txn.put(b"genesis", genesis.canonical_bytes(), db=meta)
+        changes: dict[bytes, bytes | None] = {}
         for pubkey, balance in genesis.accounts.items():
             if balance:
                 txn.put(bytes.fromhex(pubkey), balance.to_bytes(8, "big"), db=dbs["balances"])
+                changes[balance_path(pubkey)] = data_hash(balance_leaf_data(pubkey, balance))
+        StateTree(_LmdbNodes(txn, dbs["state_tree"])).update(changes)

@@ -79,3 +79,22 @@ def committed(
         time_ms = 1_764_000_000_000 + seq if txs else 0
     batch = Batch(genesis.chain_id, seq, time_ms, tuple(txs))
     return Committed(batch, certify(genesis, batch, view))
+
+
+def certify_execution(
+    store: Any, seq: int, signers: Sequence[Ed25519Signer] | None = None
+) -> dict[str, Any]:
+    """Sign block ``seq``'s roots (as ``store`` computed them) by ``signers`` (default: the first
+    q validators), store the execution certificate and return it."""
+    from ledger.execution import build_certificate, sign_execution_vote
+
+    genesis = store.genesis
+    roots = store.roots(seq)
+    block_hash_ = store.block_hash(seq)
+    assert roots is not None and block_hash_ is not None, f"block {seq} is not stored"
+    if signers is None:
+        signers = VALIDATORS[: genesis.q]
+    votes = [sign_execution_vote(s, genesis.chain_id, seq, block_hash_, *roots) for s in signers]
+    certificate = build_certificate(votes)
+    store.put_executions({seq: certificate})
+    return certificate

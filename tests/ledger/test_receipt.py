@@ -1,4 +1,5 @@
-"""Receipts (spec §5): built by the store, verified with the genesis alone, tampering detected."""
+"""Receipts (spec §6): built by the store, verified with the genesis alone (by the project's
+verifier and by the independent one of tests/ledger/spec_verifier.py), tampering detected."""
 
 from __future__ import annotations
 
@@ -14,11 +15,13 @@ from crypto.signing import TAG_COMMIT, TAG_TX
 from ledger.genesis import Genesis
 from ledger.receipt import verify_committed, verify_receipt
 from ledger.store import LedgerStore
+from tests.ledger import spec_verifier
 from tests.ledger.helpers import (
     ALICE,
     BOB,
     VALIDATORS,
     certify,
+    certify_execution,
     committed,
     make_genesis,
     signer,
@@ -38,6 +41,8 @@ def receipt(tmp_path_factory: pytest.TempPathFactory, genesis: Genesis) -> dict[
     with LedgerStore.open(path, genesis) as store:
         store.append_block(committed(genesis, 1))
         store.append_block(committed(genesis, 2, txs, view=1))
+        assert store.receipt(txs[2].tx_id)["execution"] is None  # type: ignore[index]
+        certify_execution(store, 2)
         r = store.receipt(txs[2].tx_id)
     assert r is not None
     return r
@@ -45,6 +50,7 @@ def receipt(tmp_path_factory: pytest.TempPathFactory, genesis: Genesis) -> dict[
 
 def test_valid_receipt(receipt: dict[str, Any], genesis: Genesis) -> None:
     assert verify_receipt(receipt, genesis) == []
+    assert spec_verifier.receipt_ok(genesis.document, receipt)
     assert len(receipt["certificate"]["signatures"]) == genesis.q
     assert receipt["seq"] == 2 and receipt["index"] == 2
     assert receipt["certificate"]["view"] == 1
@@ -114,10 +120,21 @@ def test_tampered_receipt_fails(
     assert all(isinstance(f, str) and f for f in failures)
 
 
-def test_result_is_informational(receipt: dict[str, Any], genesis: Genesis) -> None:
+def test_result_is_proven(receipt: dict[str, Any], genesis: Genesis) -> None:
+    # v2: the result is covered by result_proof and the execution certificate.
     r = copy.deepcopy(receipt)
     r["result"] = {"ok": False, "error": "cas_mismatch"}
-    assert verify_receipt(r, genesis) == []
+    assert any("results_root" in f for f in verify_receipt(r, genesis))
+    assert not spec_verifier.receipt_ok(genesis.document, r)
+
+
+def test_receipt_without_execution_does_not_prove_the_result(
+    receipt: dict[str, Any], genesis: Genesis
+) -> None:
+    r = copy.deepcopy(receipt)
+    r["execution"] = None
+    failures = verify_receipt(r, genesis)
+    assert len(failures) == 1 and "execution is null" in failures[0]
 
 
 def test_not_an_object() -> None:
@@ -130,14 +147,16 @@ def test_another_genesis_rejects_it(receipt: dict[str, Any]) -> None:
     assert verify_receipt(receipt, make_genesis(chain_id="other"))
 
 
-def test_extra_bad_signature_beside_a_quorum_is_still_valid(
+def test_extra_bad_signature_beside_a_quorum_invalidates(
     receipt: dict[str, Any], genesis: Genesis
 ) -> None:
-    # Spec §4: a certificate is valid with q valid votes from distinct validators.
-    r = copy.deepcopy(receipt)
-    missing = next(v for v in VALIDATORS if v.public_key not in r["certificate"]["signatures"])
-    r["certificate"]["signatures"][missing.public_key] = "00" * 64
-    assert verify_receipt(r, genesis) == []
+    # Spec v2 §4/§5: certificates are strict; one invalid entry makes the whole one invalid.
+    for field in ("certificate", "execution"):
+        r = copy.deepcopy(receipt)
+        missing = next(v for v in VALIDATORS if v.public_key not in r[field]["signatures"])
+        r[field]["signatures"][missing.public_key] = "00" * 64
+        assert verify_receipt(r, genesis), field
+        assert not spec_verifier.receipt_ok(genesis.document, r)
 
 
 def test_votes_signed_under_the_wrong_tag_do_not_count(genesis: Genesis) -> None:

@@ -25,7 +25,7 @@ from ledger.store import (
     StoreError,
     committed_from_block,
 )
-from tests.ledger.helpers import ALICE, BOB, CAROL, committed, make_genesis, tx
+from tests.ledger.helpers import ALICE, BOB, CAROL, certify_execution, committed, make_genesis, tx
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 OK = {"ok": True, "error": None}
@@ -81,7 +81,10 @@ def test_append_blocks_chain_and_results(store: LedgerStore, genesis: Genesis) -
 
     block = store.block(1)
     assert block is not None
-    assert set(block) == {"seq", "hash", "prev_hash", "batch", "txs", "results", "certificate"}
+    assert set(block) == {
+        "seq", "hash", "prev_hash", "batch", "txs", "results", "certificate", "execution"
+    }  # fmt: skip
+    assert block["execution"] is None  # until q execution votes are stored
     assert block["seq"] == 1 and block["hash"] == h1 and block["prev_hash"] == genesis.genesis_hash
     assert block["batch"] == c1.batch.header
     assert hash_object(block["batch"]) == c1.batch.digest
@@ -120,6 +123,7 @@ def test_receipts_from_the_store_verify(store: LedgerStore, genesis: Genesis) ->
             txs.append(tx(ALICE, nonce, {"op": "set", "key": f"k{nonce}", "value": nonce}))
             nonce += 1
         store.append_block(committed(genesis, seq, txs, view=seq % 3))
+        certify_execution(store, seq)
         seq_txs.append((seq, txs))
     for seq, txs in seq_txs:
         for index, t in enumerate(txs):
