@@ -20,7 +20,8 @@ Example (JSON; TOML has the same structure)::
 Relative paths are relative to the directory of the config file. ``peers`` maps every *other*
 validator's public key to the address it listens on for peers. Unknown fields are errors.
 
-Environment overrides: ``PHALANX_<FIELD>`` sets a top-level field and
+Environment overrides (read by pydantic-settings, over the file's values): ``PHALANX_<FIELD>``
+sets a top-level field and
 ``PHALANX_<SECTION>__<FIELD>`` one inside a section, case-insensitively, e.g.
 ``PHALANX_HTTP_LISTEN=127.0.0.1:8000`` or ``PHALANX_LIMITS__FRAME_MAX_BYTES=1048576``. A value
 starting with ``{`` or ``[`` is parsed as JSON (``PHALANX_PEERS='{"<pubkey>": "h:p"}'``).
@@ -34,8 +35,9 @@ import json
 import os
 import tomllib
 from collections.abc import Iterable, Mapping
+from functools import cache
 from pathlib import Path
-from typing import Annotated, Any, Literal, NamedTuple
+from typing import Annotated, Any, Literal, NamedTuple, get_origin
 
 from pydantic import (
     AfterValidator,
@@ -45,7 +47,10 @@ from pydantic import (
     Field,
     PlainSerializer,
     ValidationError,
+    create_model,
 )
+from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict, SettingsError
+from pydantic_settings.sources.utils import parse_env_vars
 
 from crypto.hexcodec import KEY_HEX_LEN, is_hex
 
@@ -124,20 +129,34 @@ class BatchConfig(_Section):
 
 
 class LogConfig(_Section):
-    level: Literal["debug", "info", "warning", "error"] = "info"
-    format: Literal["json", "kv"] = "json"
-    file: Path | None = None  # None: stderr
+    level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info", description="least severe level written (debug shows every peer dial)"
+    )
+    format: Literal["json", "kv"] = Field(
+        default="json", description="one JSON object or key=value pairs per line"
+    )
+    file: Path | None = Field(default=None, description="append to this file; null: stderr")
 
 
 class NodeConfig(_Section):
-    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
-    key_file: Path
-    data_dir: Path
-    genesis_file: Path
-    peer_listen: Address
-    http_listen: Address
-    peers: dict[PublicKey, Address] = Field(default_factory=dict)
-    tick_ms: int = Field(default=10, ge=1, le=10_000)
+    name: str = Field(
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9_.-]+$",
+        description="this node's name in logs (its validator name in the genesis)",
+    )
+    key_file: Path = Field(description="this validator's Ed25519 key (phalanx keygen), mode 0600")
+    data_dir: Path = Field(description="the ledger (LMDB); created if absent")
+    genesis_file: Path = Field(description="the genesis shared by every validator")
+    peer_listen: Address = Field(description="where to accept peer links, e.g. 0.0.0.0:7100")
+    http_listen: Address = Field(description="where to serve the HTTP API and the dashboard")
+    peers: dict[PublicKey, Address] = Field(
+        default_factory=dict,
+        description="every other validator's public key -> the address it listens on for peers",
+    )
+    tick_ms: int = Field(
+        default=10, ge=1, le=10_000, description="replica clock period (timeouts count ticks)"
+    )
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     batch: BatchConfig = Field(default_factory=BatchConfig)
     log: LogConfig = Field(default_factory=LogConfig)
@@ -166,22 +185,69 @@ class NodeConfig(_Section):
 
 
 def env_overrides(environ: Mapping[str, str]) -> list[tuple[tuple[str, ...], Any]]:
-    """The ``(field path, value)`` pairs that ``PHALANX_*`` variables ask for."""
+    """The ``(field path, value)`` pairs that ``PHALANX_*`` variables ask for, as
+    pydantic-settings reads them (prefix ``PHALANX_``, sections split at ``__``, names
+    case-insensitive, JSON for dict values). Values stay text: :class:`NodeConfig` validates
+    them with the file's, so an error names the field either way."""
+    try:
+        found = _EnvSource(_env_model(), environ)()
+    except SettingsError as exc:
+        field = str(exc).split('"')[1] if '"' in str(exc) else "?"
+        name = f"{ENV_PREFIX}{field.upper()}"
+        raise ConfigError(f"environment variable {name}: not valid JSON ({exc})") from exc
     overrides: list[tuple[tuple[str, ...], Any]] = []
-    for name, raw in sorted(environ.items()):
-        if not name.upper().startswith(ENV_PREFIX):
-            continue
-        path = tuple(name[len(ENV_PREFIX) :].lower().split("__"))
-        if path[0] not in NodeConfig.model_fields:
-            continue
-        value: Any = raw
-        if raw.lstrip().startswith(("{", "[")):
-            try:
-                value = json.loads(raw)
-            except ValueError as exc:
-                raise ConfigError(f"environment variable {name}: not valid JSON: {exc}") from exc
-        overrides.append((path, value))
+    for name, value in sorted(found.items()):
+        if name in _section_names() and isinstance(value, dict):
+            overrides.extend(((name, key), item) for key, item in sorted(value.items()))
+        else:
+            overrides.append(((name,), value))
     return overrides
+
+
+def _section_names() -> set[str]:
+    return {
+        name
+        for name, info in NodeConfig.model_fields.items()
+        if isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel)
+    }
+
+
+@cache
+def _env_model() -> type[BaseSettings]:
+    """A settings class with NodeConfig's field names: sections keep their model (so that
+    ``PHALANX_<SECTION>__<FIELD>`` is recognised), dict fields take JSON, the rest plain text."""
+
+    def annotation(name: str, info: Any) -> Any:
+        if name in _section_names():
+            return info.annotation
+        if get_origin(info.annotation) is dict:
+            return dict[str, Any]
+        return str
+
+    fields: dict[str, Any] = {
+        name: (annotation(name, info), None) for name, info in NodeConfig.model_fields.items()
+    }
+    model: type[BaseSettings] = create_model("_PhalanxEnv", __base__=_EnvBase, **fields)
+    return model
+
+
+class _EnvBase(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", case_sensitive=False
+    )
+
+
+class _EnvSource(EnvSettingsSource):
+    """pydantic-settings' environment source over a given mapping (tests pass their own)."""
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
+        self._environ = dict(environ)
+        super().__init__(settings_cls)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return parse_env_vars(
+            self._environ, self.case_sensitive, self.env_ignore_empty, self.env_parse_none_str
+        )
 
 
 def _apply(data: Mapping[str, Any], overrides: list[tuple[tuple[str, ...], Any]]) -> dict[str, Any]:
