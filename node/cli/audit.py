@@ -2,6 +2,7 @@
 
     phalanx audit DATA_DIR... [--genesis FILE] [--json] [--workers N]
     phalanx audit verify-receipt RECEIPT.json --genesis FILE [--tx TX.json] [--json]
+    phalanx audit verify-evidence EVIDENCE.json --genesis FILE [--json]  (audit_evidence.py)
 
 The first form opens each ledger read-only (also while its node runs), re-derives every hash,
 signature, result and state entry from the genesis (see ``ledger/audit/run.py`` for the checks and
@@ -41,6 +42,7 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 
 VERIFY_RECEIPT = "verify-receipt"
+VERIFY_EVIDENCE = "verify-evidence"  # node/cli/audit_evidence.py
 WORKERS_MAX = 64
 _PROGRESS_INTERVAL_S = 0.1
 _PROGRESS_DELAY_S = 0.5
@@ -49,7 +51,8 @@ _FAILURES_SHOWN_MAX = 50  # per ledger in the human output; --json lists up to 1
 
 USAGE = (
     "phalanx audit [-h] [--genesis FILE] [--json] [--workers N] DATA_DIR [DATA_DIR ...]\n"
-    "       phalanx audit verify-receipt RECEIPT.json --genesis FILE [--tx TX.json] [--json]"
+    "       phalanx audit verify-receipt RECEIPT.json --genesis FILE [--tx TX.json] [--json]\n"
+    "       phalanx audit verify-evidence EVIDENCE.json --genesis FILE [--json]"
 )
 CHECKS = (
     "genesis", "meta", "block", "batch", "chain", "certificate", "tx", "tx_signature", "tx_ids",
@@ -126,6 +129,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.paths[0] == VERIFY_RECEIPT:
             return _verify_receipt(args)
+        if args.paths[0] == VERIFY_EVIDENCE:
+            return _verify_evidence(args)
         return _audit(args)
     except UsageError as exc:
         print(f"usage: {USAGE}\nphalanx audit: error: {exc}", file=sys.stderr)
@@ -343,6 +348,21 @@ def _verify_receipt(args: argparse.Namespace) -> int:
             f"checks: {', '.join(result['checks'])}\n"
         )
     return EXIT_FAILED if failures else EXIT_OK
+
+
+def _verify_evidence(args: argparse.Namespace) -> int:
+    from node.cli.audit_evidence import verify_evidence_file
+
+    if len(args.paths) != 2:
+        raise UsageError(f"{VERIFY_EVIDENCE} takes exactly one EVIDENCE.json")
+    if args.genesis is None:
+        raise UsageError(f"{VERIFY_EVIDENCE} needs --genesis FILE")
+    genesis = _load_genesis(args.genesis)
+    try:
+        ok = verify_evidence_file(Path(args.paths[1]), genesis, args.json, _emit, _provenance())
+    except OSError as exc:
+        raise UsageError(f"cannot read {args.paths[1]}: {exc.strerror or exc}") from exc
+    return EXIT_OK if ok else EXIT_FAILED
 
 
 def _read_tx(path: Path) -> Any:
