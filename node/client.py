@@ -6,11 +6,15 @@ Typical use::
     from ledger.genesis import load_genesis
 
     signer = load_key("testnet/client.key")
+    genesis = load_genesis("testnet/genesis.json")
     client = Client("http://127.0.0.1:7000")
-    tx = make_tx(signer, [set_op("greeting", {"text": "hello"})])
+    tx = make_tx(signer, [set_op("greeting", {"text": "hello"})], chain_id=genesis.chain_id)
     answer = client.submit(tx, wait=True)           # {"tx_id", "status", "receipt"?}
     receipt = client.wait_for_receipt(answer["tx_id"])
-    client.verify_receipt(receipt, load_genesis("testnet/genesis.json"))  # raises if invalid
+    client.verify_receipt(receipt, genesis)         # raises if invalid
+
+Transactions are signed for one chain (spec §3, ``phalanx/tx/v2``): ``chain_id`` comes from the
+genesis, or from the node (:meth:`Client.chain_id`) when no genesis is at hand.
 
 Every method raises :class:`ApiError` for an error answer of the node (with its ``status``,
 ``code`` and ``detail``) and :class:`ClientError` (its base class) when the node cannot be
@@ -33,7 +37,7 @@ from crypto.canonical import MAX_SAFE_INTEGER, CanonicalJsonError, canonical_jso
 from crypto.hashing import hash_object
 from crypto.keys import load_private_key
 from crypto.signing import TAG_TX, Ed25519Signer
-from ledger.genesis import Genesis
+from ledger.genesis import Genesis, check_chain_id
 from ledger.receipt import verify_receipt as _verify_receipt
 
 TIMEOUT_S_DEFAULT = 10.0
@@ -84,21 +88,41 @@ def cas_op(key: str, expect: int, value: Any) -> dict[str, Any]:
     return {"op": "cas", "key": key, "expect": expect, "value": value}
 
 
+def chown_op(key: str, to: str) -> dict[str, Any]:
+    return {"op": "chown", "key": key, "to": to}
+
+
 def transfer_op(to: str, amount: int) -> dict[str, Any]:
     return {"op": "transfer", "to": to, "amount": amount}
 
 
 def make_tx(
-    signer: Ed25519Signer, ops: Sequence[Mapping[str, Any]], nonce: int | None = None
+    signer: Ed25519Signer,
+    ops: Sequence[Mapping[str, Any]],
+    nonce: int | None = None,
+    *,
+    chain_id: str,
 ) -> dict[str, Any]:
-    """A signed transaction ``{"body", "sig"}``. Without ``nonce`` a random one makes the body
-    distinct from any earlier equal one; give the same nonce to resubmit idempotently."""
+    """A transaction ``{"body", "sig"}`` signed for the chain ``chain_id`` under
+    ``phalanx/tx/v2``. Without ``nonce`` a random one makes the body distinct from any earlier
+    equal one; give the same nonce to resubmit idempotently."""
     if nonce is None:
         nonce = secrets.randbelow(NONCE_LIMIT)
     if not 0 <= nonce < NONCE_LIMIT:
         raise ValueError("nonce must satisfy 0 <= nonce < 2^53")
-    body = {"client": signer.public_key, "nonce": nonce, "ops": [dict(op) for op in ops]}
+    check_chain_id(chain_id)
+    body = {
+        "chain_id": chain_id,
+        "client": signer.public_key,
+        "nonce": nonce,
+        "ops": [dict(op) for op in ops],
+    }
     return {"body": body, "sig": signer.sign(TAG_TX, body)}
+
+
+def fee_of(tx: Mapping[str, Any], fee_per_byte: int) -> int:
+    """What ``tx`` pays when executed: ``fee_per_byte * len(JCS(body))``."""
+    return fee_per_byte * len(canonical_json(tx["body"]))
 
 
 def tx_id_of(tx: Mapping[str, Any]) -> str:
@@ -171,12 +195,19 @@ class Client:
         answer: dict[str, Any] = self._request("GET", "/v1/status")
         return answer
 
+    def chain_id(self) -> str:
+        """The node's chain_id (from ``GET /v1/status``), to sign transactions for it."""
+        chain_id = self.status().get("chain_id")
+        if not isinstance(chain_id, str):
+            raise ClientError(f"{self.base_url}/v1/status names no chain_id")
+        return chain_id
+
     def block(self, seq: int) -> dict[str, Any]:
         answer: dict[str, Any] = self._request("GET", f"/v1/blocks/{int(seq)}")
         return answer
 
     def state(self, key: str) -> dict[str, Any] | None:
-        """``{"key", "value", "version"}``, or None if the key is absent."""
+        """``{"key", "value", "version", "owner", "seq"}``, or None if the key is absent."""
         try:
             answer: dict[str, Any] = self._request("GET", f"/v1/state/{_segment(key)}")
         except ApiError as exc:
@@ -311,7 +342,9 @@ __all__ = [
     "ClientError",
     "ReceiptError",
     "cas_op",
+    "chown_op",
     "delete_op",
+    "fee_of",
     "load_key",
     "make_tx",
     "set_op",

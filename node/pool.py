@@ -1,11 +1,20 @@
 """The pending pool: client transactions verified once, deduplicated, bounded, until committed.
 
 Every transaction that reaches the node (from a client over HTTP, or relayed by a peer) goes
-through :meth:`Pool.submit`: its shape is checked by :func:`ledger.transaction.decode_transaction`
-and its Ed25519 signature in a thread pool (PyNaCl releases the GIL, so verification runs beside
-the event loop). A verified ``(tx_id, sig)`` is remembered in a bounded LRU, so the replica's
+through :meth:`Pool.submit`, whose admission checks run in the spec's order (§3):
+
+1. shape (:func:`ledger.transaction.decode_transaction`): ``malformed_tx``/``too_large``;
+2. signature, in a thread pool (PyNaCl releases the GIL, so verification runs beside the event
+   loop): ``bad_signature``;
+3. chain: a body for another network is ``wrong_chain``;
+4. already known: pending or committed answers its status (idempotent; pays nothing more);
+5. fee: the client's committed balance, less the fees of its other transactions pending here
+   (submitted or relayed), must cover ``fee_per_byte * len(JCS(body))``, else
+   ``insufficient_fee``. A throwaway key with nothing in its account cannot queue anything.
+
+A verified ``(tx_id, sig)`` of this chain is remembered in a bounded LRU, so the replica's
 synchronous :meth:`Pool.tx_checker` is a cache hit for every transaction this node has seen,
-and no transaction is verified twice.
+and no transaction is verified twice. The checker refuses another chain's transactions too.
 
 Newly accepted transactions are handed, as :class:`consensus.batch.Tx`, to the ``on_accepted``
 callback (the runtime gives them to the replica and relays them to the peers). Committed
@@ -28,10 +37,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from consensus.batch import Tx
+from ledger.state_machine import ChainRules
 from ledger.transaction import (
+    INSUFFICIENT_FEE,
     MALFORMED,
     TxError,
     ValidTx,
+    check_chain,
     decode_transaction,
     verify_transaction,
 )
@@ -88,11 +100,21 @@ def _refused(exc: TxError | PoolFull) -> SubmitResult:
     return SubmitResult(error=exc.code, detail=exc.detail)
 
 
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    tx: Tx
+    at: float  # monotonic submission time
+    client: str
+    fee: int
+
+
 class Pool:
     """Pending client transactions of one node. All methods run on the event loop's thread."""
 
     def __init__(
         self,
+        rules: ChainRules,
+        balance_of: Callable[[str], int],
         capacity: int = CAPACITY_DEFAULT,
         on_accepted: Callable[[list[Tx], bool], None] | None = None,
         is_committed: Callable[[str], bool] | None = None,
@@ -105,12 +127,16 @@ class Pool:
         if capacity < 1 or verified_max < 1 or workers < 1:
             raise ValueError("pool capacity, verified_max and workers must be positive")
         self.capacity = capacity
+        self._rules = rules
+        self._balance_of = balance_of  # the client's balance as of the last executed block
         self._on_accepted = on_accepted
         self._is_committed = is_committed if is_committed is not None else (lambda _tx_id: False)
         self._verified_max = verified_max
         self._pending_ttl_s = pending_ttl_s
         self._clock = clock
-        self._pending: OrderedDict[str, tuple[Tx, float]] = OrderedDict()  # oldest first
+        self._pending: OrderedDict[str, _Pending] = OrderedDict()  # oldest first
+        # client -> sum of the fees of its pending transactions (absent: none pending)
+        self._pending_fees: dict[str, int] = {}
         # sig -> tx_id of each verified transaction (LRU). Keyed by signature so that a
         # proposal's transactions verified before (relayed to us) are recognised without
         # hashing their bodies again; a hit still needs the tx_id to match.
@@ -136,7 +162,11 @@ class Pool:
 
     def pending_txs(self) -> list[Tx]:
         """The pending transactions, oldest first (for a replica restarted with a warm pool)."""
-        return [tx for tx, _ in self._pending.values()]
+        return [entry.tx for entry in self._pending.values()]
+
+    def pending_fees(self, client: str) -> int:
+        """The fees of ``client``'s transactions pending here, which admission reserves."""
+        return self._pending_fees.get(client, 0)
 
     def submitted_at(self, tx_ids: Iterable[str]) -> list[float]:
         """Monotonic submission times of those ``tx_ids`` this node accepted (also recently
@@ -145,7 +175,7 @@ class Pool:
         for tx_id in tx_ids:
             entry = self._pending.get(tx_id)
             if entry is not None:
-                times.append(entry[1])
+                times.append(entry.at)
             else:
                 at = self._removed_times.get(tx_id)
                 if at is not None:
@@ -158,7 +188,8 @@ class Pool:
         """Check, verify and add parsed transactions; one result per item, in order.
 
         Accepted transactions (new ones only) are handed to ``on_accepted`` with ``relay``.
-        Duplicates of a pending transaction answer ``pending``; committed ones ``committed``.
+        Duplicates of a pending transaction answer ``pending``; committed ones ``committed``
+        (after the signature and chain checks: a known body with a bad signature is refused).
         """
         if self._closed:
             raise RuntimeError("the pool is closed")
@@ -170,6 +201,8 @@ class Pool:
         if to_verify:
             verdicts = await self._verify_many([tx for _, tx in to_verify])
             for (i, tx), error in zip(to_verify, verdicts, strict=True):
+                if error is None:
+                    error = self._chain_error(tx)
                 if error is None:
                     self._remember_verified(tx.tx_id, tx.sig)
                     # Decided after the await, against the pool as it is now.
@@ -188,41 +221,76 @@ class Pool:
     def _precheck(
         self, wire: Any, to_verify: list[tuple[int, ValidTx]], i: int
     ) -> SubmitResult | None:
-        """Decide what needs no signature check; queue the rest for verification."""
+        """Refuse a bad shape now; queue the rest for the signature check (a cached signature
+        is not verified again)."""
         try:
             tx = decode_transaction(wire)
         except TxError as exc:
             return _refused(exc)
         except RecursionError:
             return SubmitResult(error=MALFORMED, detail="the transaction nests too deeply")
-        if tx.tx_id in self._pending:
-            return SubmitResult(tx.tx_id, STATUS_PENDING)
-        if self._is_committed(tx.tx_id):
-            return SubmitResult(tx.tx_id, STATUS_COMMITTED)
-        to_verify.append((i, tx))  # a cached signature is not verified again
+        to_verify.append((i, tx))
+        return None
+
+    def _chain_error(self, tx: ValidTx) -> TxError | None:
+        try:
+            check_chain(tx, self._rules.chain_id)
+        except TxError as exc:
+            return exc
         return None
 
     def _admit(self, tx: ValidTx, accepted: list[Tx]) -> SubmitResult:
-        """Add a verified transaction, unless it became pending or committed meanwhile."""
+        """Add a verified transaction of this chain, unless it is already pending or committed,
+        if its client can pay its fee beside its other pending ones."""
         if tx.tx_id in self._pending:
             return SubmitResult(tx.tx_id, STATUS_PENDING)
         if self._is_committed(tx.tx_id):
             return SubmitResult(tx.tx_id, STATUS_COMMITTED)
+        fee = tx.fee(self._rules.fee_per_byte)
+        if fee:
+            balance = self._balance_of(tx.client)
+            reserved = self._pending_fees.get(tx.client, 0)
+            if balance - reserved < fee:
+                return SubmitResult(
+                    error=INSUFFICIENT_FEE,
+                    detail=f"the fee is {fee} ({self._rules.fee_per_byte} per byte of the "
+                    f"{tx.body_size}-byte canonical body) but {tx.client[:16]}... has "
+                    f"{balance}, of which {reserved} is reserved by its {self._count(tx.client)} "
+                    "other pending transaction(s); fund the account (a transfer from a funded "
+                    "client) or wait for its pending transactions to commit",
+                )
         if len(self._pending) >= self.capacity and not self._expire_one():
             return _refused(PoolFull(self.capacity))
         consensus_tx = tx.to_consensus_tx()
-        self._pending[tx.tx_id] = (consensus_tx, self._clock())
+        self._pending[tx.tx_id] = _Pending(consensus_tx, self._clock(), tx.client, fee)
+        if fee:
+            self._pending_fees[tx.client] = self._pending_fees.get(tx.client, 0) + fee
         accepted.append(consensus_tx)
         return SubmitResult(tx.tx_id, STATUS_PENDING)
+
+    def _count(self, client: str) -> int:
+        # Only for the refusal's message: a linear scan is fine there.
+        return sum(1 for entry in self._pending.values() if entry.client == client)
+
+    def _drop(self, tx_id: str) -> _Pending | None:
+        """Take ``tx_id`` out of the pending set and release its reserved fee."""
+        entry = self._pending.pop(tx_id, None)
+        if entry is not None and entry.fee:
+            left = self._pending_fees[entry.client] - entry.fee
+            if left:
+                self._pending_fees[entry.client] = left
+            else:
+                del self._pending_fees[entry.client]
+        return entry
 
     def _expire_one(self) -> bool:
         """Drop the oldest pending transaction if it outlived ``pending_ttl_s``."""
         if not self._pending:
             return False
-        tx_id, (_, at) = next(iter(self._pending.items()))
-        if self._clock() - at < self._pending_ttl_s:
+        tx_id, entry = next(iter(self._pending.items()))
+        if self._clock() - entry.at < self._pending_ttl_s:
             return False
-        del self._pending[tx_id]
+        self._drop(tx_id)
         _log.info("pending_tx_expired", extra={"tx_id": tx_id})
         return True
 
@@ -273,14 +341,15 @@ class Pool:
             return
         verdicts = await self._verify_many(txs)
         for tx, error in zip(txs, verdicts, strict=True):
-            if error is None:
+            if error is None and tx.chain_id == self._rules.chain_id:
                 self._remember_verified(tx.tx_id, tx.sig)
 
     # ---- the replica's check ----------------------------------------------------------------
 
     def tx_checker(self, tx: Tx) -> bool:
-        """True if ``tx`` is well formed and validly signed: a cache hit for any transaction
-        this node verified before, else a synchronous check (which is then cached)."""
+        """True if ``tx`` is well formed, validly signed and of this chain: a cache hit for any
+        transaction this node verified before (only this chain's are cached), else a
+        synchronous check (which is then cached)."""
         wire = tx.wire
         if isinstance(wire, Mapping) and len(wire) == 2:
             sig = wire.get("sig")
@@ -292,6 +361,7 @@ class Pool:
             if valid.tx_id != tx.tx_id:
                 return False
             verify_transaction(valid)
+            check_chain(valid, self._rules.chain_id)
         except (TxError, RecursionError):
             return False
         self._remember_verified(valid.tx_id, valid.sig)
@@ -308,9 +378,9 @@ class Pool:
     def remove(self, tx_ids: Iterable[str]) -> None:
         """Drop committed transactions from the pool (their submission time is kept a while)."""
         for tx_id in tx_ids:
-            entry = self._pending.pop(tx_id, None)
+            entry = self._drop(tx_id)
             if entry is not None:
-                self._removed_times[tx_id] = entry[1]
+                self._removed_times[tx_id] = entry.at
         while len(self._removed_times) > SUBMITTED_TIMES_MAX:
             self._removed_times.popitem(last=False)
 

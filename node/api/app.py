@@ -9,9 +9,9 @@ Errors always answer ``{"error": "<code>", "detail": "<sentence>"}``: handlers r
 of the router, 405, 413 of the body limit...) into that shape. Anything else that escapes a
 handler is a bug: it is logged with its traceback and answered 500 ``internal_error``.
 
-Error codes: ``malformed_tx``, ``bad_signature``, ``too_large`` (400/400/413, from
-:mod:`ledger.transaction`); ``malformed_request`` (400, a body that is not what the endpoint
-takes); ``invalid_query``, ``invalid_tx_id``, ``invalid_seq``, ``invalid_key``,
+Error codes: ``malformed_tx``, ``bad_signature``, ``wrong_chain``, ``too_large``
+(400/400/400/413, from :mod:`ledger.transaction`); ``insufficient_fee`` (400, from
+:mod:`node.pool`); ``malformed_request`` (400, a body that is not what the endpoint takes); ``invalid_query``, ``invalid_tx_id``, ``invalid_seq``, ``invalid_key``,
 ``invalid_pubkey`` (400); ``too_many_txs`` (413); ``pool_full``, ``overloaded`` (429);
 ``unknown_tx``, ``unknown_block``, ``unknown_key``, ``not_found`` (404);
 ``method_not_allowed`` (405); ``not_acceptable`` (406); ``internal_error`` (500).
@@ -35,7 +35,15 @@ from crypto.canonical import MAX_SAFE_INTEGER, CanonicalJsonError, parse_json
 from crypto.hashing import hash_object
 from crypto.hexcodec import HASH_HEX_LEN, KEY_HEX_LEN, is_hex
 from crypto.signing import is_valid_public_key
-from ledger.transaction import BAD_SIGNATURE, BODY_BYTES_MAX, MALFORMED, TOO_LARGE
+from ledger.transaction import (
+    BAD_SIGNATURE,
+    BODY_BYTES_MAX,
+    INSUFFICIENT_FEE,
+    MALFORMED,
+    TOO_LARGE,
+    WRONG_CHAIN,
+)
+from ledger.store import StoreError
 from node.api.events import CommitWaiters, EventHub, TooManyWaiters
 from node.api.openapi import openapi_document
 from node.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -60,7 +68,14 @@ _log = logging.getLogger("phalanx.api")
 _SEQ_RE = re.compile(r"[1-9][0-9]{0,15}")
 _UINT_RE = re.compile(r"0|[1-9][0-9]{0,15}")
 
-_TX_ERROR_STATUS = {MALFORMED: 400, BAD_SIGNATURE: 400, TOO_LARGE: 413, POOL_FULL: 429}
+_TX_ERROR_STATUS = {
+    MALFORMED: 400,
+    BAD_SIGNATURE: 400,
+    WRONG_CHAIN: 400,
+    INSUFFICIENT_FEE: 400,
+    TOO_LARGE: 413,
+    POOL_FULL: 429,
+}
 
 _HTTP_ERROR_CODES = {
     400: "malformed_request",

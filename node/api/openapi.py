@@ -74,6 +74,13 @@ def _schemas() -> dict[str, Any]:
                 "value": _ANY,
             }
         ),
+        "ChownOp": _obj(
+            {
+                "op": {"type": "string", "enum": ["chown"]},
+                "key": _KEY,
+                "to": _ref("PublicKey"),
+            }
+        ),
         "TransferOp": _obj(
             {
                 "op": {"type": "string", "enum": ["transfer"]},
@@ -82,28 +89,43 @@ def _schemas() -> dict[str, Any]:
             }
         ),
         "Op": {
-            "oneOf": [_ref("SetOp"), _ref("DeleteOp"), _ref("CasOp"), _ref("TransferOp")],
+            "oneOf": [
+                _ref("SetOp"),
+                _ref("DeleteOp"),
+                _ref("CasOp"),
+                _ref("ChownOp"),
+                _ref("TransferOp"),
+            ],
             "discriminator": {
                 "propertyName": "op",
                 "mapping": {
                     "set": "#/components/schemas/SetOp",
                     "delete": "#/components/schemas/DeleteOp",
                     "cas": "#/components/schemas/CasOp",
+                    "chown": "#/components/schemas/ChownOp",
                     "transfer": "#/components/schemas/TransferOp",
                 },
             },
         },
         "TxBody": _obj(
             {
+                "chain_id": {
+                    "type": "string",
+                    "pattern": "^[a-z0-9._-]{1,64}$",
+                    "description": "the network's chain_id (GET /v1/status); another is refused "
+                    "with 400 wrong_chain",
+                },
                 "client": _ref("PublicKey"),
                 "nonce": {"type": "integer", "minimum": 0, "maximum": MAX_SAFE_INTEGER},
                 "ops": {"type": "array", "items": _ref("Op"), "minItems": 1, "maxItems": 64},
             },
-            "JCS(body) is at most 65,536 bytes; tx_id = h(JCS(body)).",
+            "JCS(body) is at most 65,536 bytes; tx_id = h(JCS(body)); the fee is the genesis's "
+            "fee_per_byte times len(JCS(body)), and a client that cannot pay it beside its "
+            "other pending transactions is refused with 400 insufficient_fee.",
         ),
         "Transaction": _obj(
             {"body": _ref("TxBody"), "sig": _ref("Signature")},
-            "sig: Ed25519 by body.client over utf8('phalanx/tx/v1') || 0x00 || JCS(body).",
+            "sig: Ed25519 by body.client over utf8('phalanx/tx/v2') || 0x00 || JCS(body).",
         ),
         "BatchHeader": _obj(
             {
@@ -167,7 +189,15 @@ def _schemas() -> dict[str, Any]:
                 "certificate": _ref("Certificate"),
             }
         ),
-        "StateEntry": _obj({"key": {"type": "string"}, "value": _ANY, "version": _SEQ}),
+        "StateEntry": _obj(
+            {
+                "key": {"type": "string"},
+                "value": _ANY,
+                "version": _SEQ,
+                "owner": _ref("PublicKey"),
+                "seq": {**_UINT, "description": "as of this executed block"},
+            }
+        ),
         "Account": _obj({"pubkey": _ref("PublicKey"), "balance": _UINT}),
         "Status": _obj(
             {
@@ -313,7 +343,7 @@ def _paths() -> dict[str, Any]:
         "/v1/state/{key}": {
             "get": {
                 "operationId": "getState",
-                "summary": "A key's value and version",
+                "summary": "A key's value, version and owner",
                 "parameters": [_path_param("key", _KEY, "the key, URL-encoded")],
                 "responses": {
                     **_ok("present", _ref("StateEntry")),

@@ -15,13 +15,21 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from consensus.batch import Tx
+from ledger.state_machine import ChainRules
 from ledger.store import LedgerStore
 from node.api.app import ApiContext, create_app
 from node.api.events import CommitWaiters, EventHub
 from node.metrics import NodeMetrics
 from node.pool import Pool
 from node.runtime import execute_block
-from tests.ledger.helpers import ALICE, VALIDATORS, committed, make_genesis, sign_tx
+from tests.ledger.helpers import (
+    ALICE,
+    VALIDATORS,
+    certify_execution,
+    committed,
+    make_genesis,
+    sign_tx,
+)
 
 
 class ApiHarness:
@@ -31,11 +39,15 @@ class ApiHarness:
         pool_capacity: int = 1_000,
         events_queue_max: int = 1_024,
         sse_keepalive_s: float = 15.0,
+        fee_per_byte: int = 0,
+        accounts: dict[str, int] | None = None,
     ) -> None:
-        self.genesis = make_genesis()
+        self.genesis = make_genesis(fee_per_byte=fee_per_byte, accounts=accounts)
         self.store = LedgerStore.open(data_dir, self.genesis)
         self.accepted: list[Tx] = []
         self.pool = Pool(
+            ChainRules.of(self.genesis),
+            self.store.balance,
             capacity=pool_capacity,
             on_accepted=lambda txs, relay: self.accepted.extend(txs),
             is_committed=self.store.is_committed,
@@ -76,6 +88,8 @@ class ApiHarness:
         seq = self.store.head()[0] + 1
         block = committed(self.genesis, seq, txs)
         execute_block(block, self.store, self.pool, self.waiters, self.events, self.metrics)
+        # The validators' execution votes, as the runtime would collect them.
+        certify_execution(self.store, seq)
         return seq
 
     def commit_accepted(self) -> int | None:

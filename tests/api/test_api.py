@@ -12,11 +12,12 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
+from crypto.canonical import canonical_json
 from crypto.signing import TAG_TX
 from ledger.receipt import verify_receipt
 from node.client import transfer_op
 from tests.api.harness import ApiHarness, run, set_tx
-from tests.ledger.helpers import ALICE, BOB, CAROL, tx
+from tests.ledger.helpers import ALICE, BOB, CAROL, CHAIN_ID, sign_tx, tx
 
 Client = TestClient[Any, Any]
 
@@ -118,6 +119,7 @@ def _unsigned(body: dict[str, Any]) -> dict[str, Any]:
 
 def _body(**overrides: Any) -> dict[str, Any]:
     body: dict[str, Any] = {
+        "chain_id": CHAIN_ID,
         "client": ALICE.public_key,
         "nonce": 1,
         "ops": [{"op": "set", "key": "k", "value": 1}],
@@ -343,15 +345,116 @@ def test_state(harness: ApiHarness) -> None:
     async def scenario(c: Client) -> None:
         r = await c.get("/v1/state/a%2Fb%20c%3F%E2%82%AC")
         assert r.status == 200
-        assert await r.json() == {"key": "a/b c?€", "value": {"n": [1, None]}, "version": 1}
+        assert await r.json() == {
+            "key": "a/b c?€",
+            "value": {"n": [1, None]},
+            "version": 1,
+            "owner": ALICE.public_key,
+            "seq": 1,
+        }
         r = await c.get("/v1/state/plain")
-        assert await r.json() == {"key": "plain", "value": "w", "version": 2}
+        assert await r.json() == {
+            "key": "plain",
+            "value": "w",
+            "version": 2,
+            "owner": ALICE.public_key,
+            "seq": 1,
+        }
         await _error(await c.get("/v1/state/absent"), 404, "unknown_key")
         await _error(await c.get("/v1/state/" + "k" * 257), 400, "invalid_key")
         await _error(await c.get("/v1/state/%FF"), 400, "invalid_key")
         await _error(await c.get("/v1/state/"), 404, "not_found")
 
     run(harness, scenario)
+
+
+def test_state_shows_the_owner_after_chown_and_refused_writes(harness: ApiHarness) -> None:
+    harness.commit([tx(ALICE, 1, {"op": "set", "key": "colour", "value": "blue"})])
+    seq = harness.commit(
+        [
+            tx(BOB, 1, {"op": "set", "key": "colour", "value": "hijacked"}),
+            tx(ALICE, 2, {"op": "chown", "key": "colour", "to": BOB.public_key}),
+            tx(BOB, 2, {"op": "set", "key": "colour", "value": "green"}),
+        ]
+    )
+    block = harness.store.block(seq)
+    assert block is not None
+    assert [r["error"] for r in block["results"]] == ["forbidden", None, None]
+
+    async def scenario(c: Client) -> None:
+        r = await c.get("/v1/state/colour")
+        answer = await r.json()
+        assert (answer["value"], answer["version"], answer["owner"]) == (
+            "green",
+            3,
+            BOB.public_key,
+        )
+
+    run(harness, scenario)
+
+
+def test_wrong_chain_is_refused_with_400_and_never_accepted(harness: ApiHarness) -> None:
+    other = sign_tx(ALICE, 1, [{"op": "set", "key": "k", "value": 1}], chain_id="other-net")
+
+    async def scenario(c: Client) -> None:
+        r = await c.post("/v1/tx", json=other)
+        body = await _error(r, 400, "wrong_chain")
+        assert "other-net" in body["detail"] and CHAIN_ID in body["detail"]
+        r = await c.post("/v1/txs", json=[other, set_tx(nonce=5)])
+        answer = await r.json()
+        assert answer[0]["error"] == "wrong_chain" and answer[1]["status"] == "pending"
+        assert len(harness.accepted) == 1
+
+    run(harness, scenario)
+
+
+def test_insufficient_fee_is_refused_with_400(tmp_path: Path) -> None:
+    wire = set_tx(nonce=1)
+    fee = len(canonical_json(wire["body"]))
+    h = ApiHarness(tmp_path / "ledger", fee_per_byte=1, accounts={ALICE.public_key: fee})
+
+    async def scenario(c: Client) -> None:
+        assert (await c.post("/v1/tx", json=wire)).status == 202
+        body = await _error(await c.post("/v1/tx", json=set_tx(nonce=2)), 400, "insufficient_fee")
+        assert "reserved" in body["detail"]
+        # The first commits and pays: the account is empty now.
+        h.commit_accepted()
+        r = await c.get(f"/v1/accounts/{ALICE.public_key}")
+        assert (await r.json())["balance"] == 0
+        await _error(await c.post("/v1/tx", json=set_tx(nonce=2)), 400, "insufficient_fee")
+
+    try:
+        run(h, scenario)
+    finally:
+        h.close()
+
+
+def test_throwaway_key_flood_is_refused_and_the_ledger_does_not_grow(tmp_path: Path) -> None:
+    """The issue's attack: a fresh key with nothing in its account floods valid `set`s. With
+    fees, every one is refused at admission: nothing is ordered, and the ledger stays as is."""
+    h = ApiHarness(tmp_path / "ledger", fee_per_byte=1)
+    flood = [
+        sign_tx(CAROL, i, [{"op": "set", "key": f"spam-{i}", "value": "x" * 2_000}])
+        for i in range(400)  # 0.9 MB: one request within the 1 MiB body limit
+    ]
+    data_file = tmp_path / "ledger" / "data.mdb"
+    size_before = data_file.stat().st_size
+
+    async def scenario(c: Client) -> None:
+        r = await c.post("/v1/txs", json=flood)
+        assert r.status == 202
+        assert {item["error"] for item in await r.json()} == {"insufficient_fee"}
+        for wire in flood[:20]:
+            await _error(await c.post("/v1/tx", json=wire), 400, "insufficient_fee")
+
+    try:
+        run(h, scenario)
+        assert h.accepted == [] and len(h.pool) == 0
+        assert h.commit_accepted() is None  # nothing to order
+        assert h.store.head()[0] == 0
+        assert data_file.stat().st_size == size_before
+    finally:
+        h.close()
 
 
 # ---- GET /v1/accounts/{pubkey}, /v1/status --------------------------------------------------

@@ -19,13 +19,17 @@ from node.client import (
     ClientError,
     ReceiptError,
     cas_op,
+    chown_op,
+    fee_of,
     make_tx,
     set_op,
     transfer_op,
     tx_id_of,
 )
 from tests.api.harness import ApiHarness, Served, serve_in_thread
-from tests.ledger.helpers import ALICE, CAROL, genesis_document
+from tests.ledger.helpers import ALICE, BOB, CAROL, CHAIN_ID, genesis_document
+
+ACCOUNTS = {ALICE.public_key: 10**9, BOB.public_key: 10**9}
 
 
 def main(argv: list[str]) -> int:
@@ -40,7 +44,7 @@ def main(argv: list[str]) -> int:
 
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[Served]:
-    h = ApiHarness(tmp_path / "ledger")
+    h = ApiHarness(tmp_path / "ledger", fee_per_byte=1, accounts=ACCOUNTS)
     try:
         with serve_in_thread(h, auto_commit_s=0.02) as s:
             yield s
@@ -51,14 +55,29 @@ def served(tmp_path: Path) -> Iterator[Served]:
 def test_client_round_trip(served: Served) -> None:
     client = Client(served.url)
     genesis = served.harness.genesis
-    tx = make_tx(ALICE, [set_op("a", {"x": [1, 2]}), cas_op("a", 1, "two")], nonce=5)
+    assert client.chain_id() == CHAIN_ID
+    ops = [set_op("a", {"x": [1, 2]}), cas_op("a", 1, "two")]
+    tx = make_tx(ALICE, ops, nonce=5, chain_id=CHAIN_ID)
     answer = client.submit(tx, wait=True, timeout_ms=5_000)
     assert answer["status"] == "committed" and answer["tx_id"] == tx_id_of(tx)
     client.verify_receipt(answer["receipt"], genesis, answer["tx_id"])
-    assert client.state("a") == {"key": "a", "value": "two", "version": 2}
+    state = client.state("a")
+    assert state is not None and state["seq"] >= 1
+    assert {k: state[k] for k in ("key", "value", "version", "owner")} == {
+        "key": "a",
+        "value": "two",
+        "version": 2,
+        "owner": ALICE.public_key,
+    }
+    assert client.balance(ALICE.public_key) == 10**9 - fee_of(tx, 1)
     assert client.state("missing") is None
+    handed = make_tx(ALICE, [chown_op("a", BOB.public_key)], chain_id=CHAIN_ID)
+    assert client.submit(handed, wait=True)["receipt"]["result"]["ok"] is True
+    assert (client.state("a") or {})["owner"] == BOB.public_key
+    with pytest.raises(ValueError, match="chain_id"):
+        make_tx(ALICE, ops, chain_id="Not A Chain")
 
-    many = [make_tx(ALICE, [transfer_op(CAROL.public_key, 1)]) for _ in range(3)]
+    many = [make_tx(ALICE, [transfer_op(CAROL.public_key, 1)], chain_id=CHAIN_ID) for _ in range(3)]
     results = client.submit_many(many)
     assert [r["status"] for r in results] == ["pending"] * 3
     receipt = client.wait_for_receipt(results[-1]["tx_id"], timeout_s=5)
@@ -92,7 +111,7 @@ def _files(tmp_path: Path, served: Served) -> tuple[Path, Path]:
     key.write_text(ALICE.seed.hex() + "\n")
     os.chmod(key, 0o600)
     genesis = tmp_path / "genesis.json"
-    genesis.write_bytes(canonical_json(genesis_document()))
+    genesis.write_bytes(canonical_json(genesis_document(accounts=ACCOUNTS, fee_per_byte=1)))
     return key, genesis
 
 
@@ -120,11 +139,34 @@ def test_tx_command(tmp_path: Path, served: Served, capsys: pytest.CaptureFixtur
     assert served.harness.store.balance(CAROL.public_key) == 10
     capsys.readouterr()
 
+    # Funding a new client: TO may be its key file; chown hands a key over the same way.
+    carol_key = tmp_path / "carol.key"
+    carol_key.write_text(CAROL.seed.hex() + "\n")
+    os.chmod(carol_key, 0o600)
+    assert main(["tx", "transfer", str(carol_key), "5000", *common, "--quiet"]) == 0
+    assert served.harness.store.balance(CAROL.public_key) == 5010
+    assert main(["tx", "set", "gift", "1", *common, "--quiet"]) == 0
+    assert main(["tx", "chown", "gift", str(carol_key), *common, "--quiet"]) == 0
+    assert (served.harness.store.get_state("gift") or {})["owner"] == CAROL.public_key
+    carol = ["--url", served.url, "--key", str(carol_key), "--genesis", str(genesis)]
+    assert main(["tx", "set", "gift", "2", *carol, "--quiet"]) == 0
+    assert main(["tx", "set", "gift", "3", *common]) == 3  # Alice handed it over
+    assert "forbidden" in capsys.readouterr().err
+
     # --sign-only: the signed transaction, which any HTTP client can submit as it is.
-    assert main(["tx", "set", "signed", "1", "--key", str(key), "--sign-only"]) == 0
+    sign_only = ["--key", str(key), "--sign-only"]
+    assert main(["tx", "set", "signed", "1", *sign_only, "--genesis", str(genesis)]) == 0
     signed = json.loads(capsys.readouterr().out)
+    assert signed["body"]["chain_id"] == CHAIN_ID
     assert Client(served.url).submit(signed, wait=True)["status"] == "committed"
     assert served.harness.store.get_state("signed") is not None
+    # The chain may also be named, or asked of the node; with none of these, a usage error.
+    assert main(["tx", "set", "s2", "1", *sign_only, "--chain-id", CHAIN_ID]) == 0
+    assert json.loads(capsys.readouterr().out)["body"]["chain_id"] == CHAIN_ID
+    assert main(["tx", "set", "s3", "1", *sign_only, "--url", served.url]) == 0
+    assert json.loads(capsys.readouterr().out)["body"]["chain_id"] == CHAIN_ID
+    assert main(["tx", "set", "s4", "1", *sign_only]) == 2
+    assert "--chain-id" in capsys.readouterr().err
 
     # Without --genesis the receipt is printed, unverified.
     assert main(["tx", "set", "k", "1", "--url", served.url, "--key", str(key)]) == 0
@@ -148,5 +190,19 @@ def test_tx_command_failures(
     other = genesis_document(chain_id="another-chain")
     wrong = tmp_path / "wrong.json"
     wrong.write_bytes(canonical_json(other))
+    # A genesis of another network: the transaction is signed for that chain, and this node
+    # refuses it (400 wrong_chain) instead of executing it.
     assert main(["tx", "set", "k", "2", *common, "--genesis", str(wrong)]) == 1
-    assert "does not verify" in capsys.readouterr().err
+    assert "wrong_chain" in capsys.readouterr().err
+    genesis = tmp_path / "genesis.json"
+    genesis.write_bytes(canonical_json(genesis_document()))
+    assert main(["tx", "set", "k", "2", *common, "--genesis", str(genesis), "--chain-id", "x"]) == 2
+    assert "is not the chain of --genesis" in capsys.readouterr().err
+    assert main(["tx", "transfer", "not-a-key-or-file", "5", *common]) == 2
+    assert "neither" in capsys.readouterr().err
+    # A client with nothing cannot pay: refused at admission.
+    carol_key = tmp_path / "carol.key"
+    carol_key.write_text(CAROL.seed.hex() + "\n")
+    os.chmod(carol_key, 0o600)
+    assert main(["tx", "set", "k", "1", "--url", served.url, "--key", str(carol_key)]) == 1
+    assert "insufficient_fee" in capsys.readouterr().err

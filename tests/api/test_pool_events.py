@@ -13,11 +13,18 @@ import pytest
 import node.pool as pool_module
 from consensus.batch import Tx
 from crypto.signing import TAG_TX
+from ledger.state_machine import ChainRules
 from ledger.transaction import ValidTx, verify_transaction
 from node.api.events import CommitWaiters, EventHub, TooManyWaiters
 from node.pool import Pool
 from tests.api.harness import ApiHarness, run, set_tx
-from tests.ledger.helpers import ALICE, BOB, tx
+from tests.ledger.helpers import ALICE, BOB, CAROL, CHAIN_ID, sign_tx, tx
+
+
+def make_pool(fee_per_byte: int = 0, balances: dict[str, int] | None = None, **kw: Any) -> Pool:
+    """A pool for this test chain; balances as the ledger would answer them."""
+    table = balances or {}
+    return Pool(ChainRules(CHAIN_ID, fee_per_byte), lambda pubkey: table.get(pubkey, 0), **kw)
 
 
 @pytest.fixture
@@ -35,7 +42,7 @@ def verify_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 def test_pool_verifies_once_and_dedupes(verify_calls: list[str]) -> None:
     accepted: list[tuple[list[Tx], bool]] = []
-    pool = Pool(capacity=10, on_accepted=lambda txs, relay: accepted.append((txs, relay)))
+    pool = make_pool(capacity=10, on_accepted=lambda txs, relay: accepted.append((txs, relay)))
     wires = [set_tx(nonce=i) for i in range(5)]
 
     async def main() -> None:
@@ -63,7 +70,7 @@ def test_pool_verifies_once_and_dedupes(verify_calls: list[str]) -> None:
 def test_pool_committed_and_full_and_expiry() -> None:
     committed_ids: set[str] = set()
     now = [0.0]
-    pool = Pool(
+    pool = make_pool(
         capacity=2,
         is_committed=committed_ids.__contains__,
         pending_ttl_s=100.0,
@@ -89,7 +96,7 @@ def test_pool_committed_and_full_and_expiry() -> None:
 
 
 def test_tx_checker_refuses_bad_and_mismatched() -> None:
-    pool = Pool()
+    pool = make_pool()
     good = tx(ALICE, 1, {"op": "set", "key": "k", "value": 1})
     assert pool.tx_checker(good)
     body = dict(good.wire["body"])
@@ -102,7 +109,7 @@ def test_tx_checker_refuses_bad_and_mismatched() -> None:
 
 
 def test_preverify_fills_the_cache(verify_calls: list[str]) -> None:
-    pool = Pool()
+    pool = make_pool()
     wires = [set_tx(nonce=i) for i in range(3)] + [{"junk": 1}]
 
     async def main() -> None:
@@ -120,7 +127,7 @@ def test_preverify_skips_known_signatures_but_a_reused_one_still_fails(
 ) -> None:
     """A proposal's transactions seen before are not decoded or verified again; a different
     body under a known signature is not trusted for it: tx_checker verifies it, and refuses."""
-    pool = Pool()
+    pool = make_pool()
     known = set_tx(nonce=1)
     reused = {"body": {**known["body"], "nonce": 2}, "sig": known["sig"]}
     unhashable_sig = {"body": known["body"], "sig": ["not", "a", "string"]}
@@ -134,6 +141,162 @@ def test_preverify_skips_known_signatures_but_a_reused_one_still_fails(
     assert pool.tx_checker(Tx.from_wire(known))
     assert not pool.tx_checker(Tx.from_wire(reused))
     assert len(verify_calls) == 2
+    pool.close()
+
+
+def _size(wire: dict[str, Any]) -> int:
+    from crypto.canonical import canonical_json
+
+    return len(canonical_json(wire["body"]))
+
+
+def test_pool_refuses_another_chains_transaction_and_never_caches_it(
+    verify_calls: list[str],
+) -> None:
+    pool = make_pool()
+    other = sign_tx(ALICE, 0, [{"op": "set", "key": "k", "value": 1}], chain_id="other-net")
+
+    async def main() -> None:
+        (result,) = await pool.submit([other])
+        assert result.error == "wrong_chain" and "other-net" in (result.detail or "")
+        await pool.preverify([other])
+
+    asyncio.run(main())
+    assert len(pool) == 0
+    # Neither admission nor preverify cached it: the replica's check verifies it and refuses.
+    calls = len(verify_calls)
+    assert not pool.tx_checker(Tx.from_wire(other))
+    assert len(verify_calls) == calls + 1
+    pool.close()
+
+
+def test_admission_checks_run_in_the_spec_order() -> None:
+    """shape, signature, wrong_chain, already known, fee (spec §3)."""
+    wire = set_tx(nonce=1)
+    pool = make_pool(fee_per_byte=1, balances={ALICE.public_key: _size(wire)})
+
+    async def main() -> None:
+        (first,) = await pool.submit([wire])
+        assert first.status == "pending"
+        # Already known beats the fee: the same body again is idempotent, though the balance
+        # is now all reserved by its own pending fee.
+        (again,) = await pool.submit([wire])
+        assert (again.status, again.tx_id) == ("pending", first.tx_id)
+        # A known body with a signature that is not the client's: the signature comes first.
+        forged = {"body": wire["body"], "sig": BOB.sign(TAG_TX, wire["body"])}
+        (bad,) = await pool.submit([forged])
+        assert bad.error == "bad_signature"
+        # Bad signature before wrong chain; wrong chain before the fee.
+        other = sign_tx(CAROL, 0, [{"op": "delete", "key": "k"}], chain_id="other-net")
+        (wrong,) = await pool.submit([other])
+        assert wrong.error == "wrong_chain"
+        (worse,) = await pool.submit([{**other, "sig": "ab" * 64}])
+        assert worse.error == "bad_signature"
+        (shape,) = await pool.submit([{**other, "extra": 1}])
+        assert shape.error == "malformed_tx"
+
+    asyncio.run(main())
+    pool.close()
+
+
+def test_admission_reserves_fees_of_pending_transactions_per_client() -> None:
+    wires = [set_tx(nonce=i) for i in range(3)]
+    fees = [_size(w) for w in wires]
+    balances = {ALICE.public_key: fees[0] + fees[1] + fees[2] - 1, BOB.public_key: 10**6}
+    pool = make_pool(fee_per_byte=1, balances=balances)
+
+    async def main() -> None:
+        results = await pool.submit(wires)
+        assert [r.status or r.error for r in results] == [
+            "pending", "pending", "insufficient_fee",
+        ]  # fmt: skip
+        assert pool.pending_fees(ALICE.public_key) == fees[0] + fees[1]
+        detail = results[2].detail or ""
+        assert str(fees[2]) in detail and "reserved" in detail
+        # Another client is not affected by Alice's reservations.
+        bob = sign_tx(BOB, 0, [{"op": "set", "key": "b", "value": 1}])
+        assert (await pool.submit([bob]))[0].status == "pending"
+        # One commits: its fee leaves the balance and the reservation alike, so still no room.
+        committed_id = results[0].tx_id or ""
+        balances[ALICE.public_key] -= fees[0]
+        pool.remove([committed_id])
+        assert pool.pending_fees(ALICE.public_key) == fees[1]
+        assert (await pool.submit([wires[2]]))[0].error == "insufficient_fee"
+        balances[ALICE.public_key] += 1  # a transfer to Alice commits: now it fits exactly
+        assert (await pool.submit([wires[2]]))[0].status == "pending"
+        assert pool.pending_fees(ALICE.public_key) == fees[1] + fees[2]
+
+    asyncio.run(main())
+    pool.close()
+
+
+def test_relayed_transactions_reserve_fees_too() -> None:
+    """A client's fees pending at a node count whether it got them from the client or a peer,
+    so a client cannot overdraw by spreading transactions over the validators."""
+    wires = [set_tx(nonce=i) for i in range(2)]
+    pool = make_pool(fee_per_byte=1, balances={ALICE.public_key: _size(wires[0])})
+
+    async def main() -> None:
+        (relayed,) = await pool.submit([wires[0]], relay=False)
+        assert relayed.status == "pending"
+        (direct,) = await pool.submit([wires[1]])
+        assert direct.error == "insufficient_fee"
+
+    asyncio.run(main())
+    pool.close()
+
+
+def test_expired_transactions_release_their_fee() -> None:
+    now = [0.0]
+    wires = [set_tx(nonce=i) for i in range(2)]
+    pool = make_pool(
+        fee_per_byte=1,
+        balances={ALICE.public_key: 10**6},
+        capacity=1,
+        pending_ttl_s=10.0,
+        clock=lambda: now[0],
+    )
+
+    async def main() -> None:
+        assert (await pool.submit([wires[0]]))[0].status == "pending"
+        now[0] = 11.0
+        assert (await pool.submit([wires[1]]))[0].status == "pending"  # the first expired
+        assert pool.pending_fees(ALICE.public_key) == _size(wires[1])
+
+    asyncio.run(main())
+    pool.close()
+
+
+def test_throwaway_key_flood_is_refused_at_admission(verify_calls: list[str]) -> None:
+    throwaway = CAROL  # holds nothing
+    flood = [
+        sign_tx(throwaway, i, [{"op": "set", "key": f"spam-{i}", "value": "x" * 500}])
+        for i in range(200)
+    ]
+    accepted: list[Tx] = []
+    pool = make_pool(
+        fee_per_byte=1,
+        balances={ALICE.public_key: 10**6},
+        on_accepted=lambda txs, relay: accepted.extend(txs),
+    )
+
+    async def main() -> None:
+        results = await pool.submit(flood)
+        assert {r.error for r in results} == {"insufficient_fee"}
+
+    asyncio.run(main())
+    assert len(pool) == 0 and accepted == [] and pool.pending_fees(throwaway.public_key) == 0
+    pool.close()
+
+
+def test_zero_fee_per_byte_admits_anyone() -> None:
+    pool = make_pool(fee_per_byte=0)
+
+    async def main() -> None:
+        wire = sign_tx(CAROL, 0, [{"op": "set", "key": "k", "value": 1}])
+        assert (await pool.submit([wire]))[0].status == "pending"
+
+    asyncio.run(main())
     pool.close()
 
 
