@@ -28,6 +28,12 @@ def register(subparsers: Any) -> None:
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     run = actions.add_parser("run", help="run one node in the foreground until SIGTERM")
     run.add_argument("--config", type=Path, required=True, help="the node's config file")
+    run.add_argument(
+        "--log-level",
+        choices=("debug", "info", "warning", "error"),
+        default=None,
+        help="override log.level of the config (also PHALANX_LOG__LEVEL)",
+    )
     run.set_defaults(func=_run)
     init = actions.add_parser(
         "init",
@@ -137,11 +143,22 @@ def _run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"phalanx node run: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    configure_logging(config.log.level, config.log.format, config.log.file, node=config.name)
+    level = args.log_level or config.log.level
+    configure_logging(level, config.log.format, config.log.file, node=config.name)
     try:
         runtime = NodeRuntime(config)
     except StartupError as exc:
         print(f"phalanx node run: cannot start {config.name}: {exc}", file=sys.stderr)
         return EXIT_STARTUP_FAILED
-    asyncio.run(runtime.run_until_signalled())
+    try:
+        asyncio.run(runtime.run_until_signalled())
+    except OSError as exc:
+        # Almost always a listening address that is taken or not ours: one line, not a trace.
+        print(
+            f"phalanx node run: cannot start {config.name}: {exc.strerror or exc} while "
+            f"listening on {config.http_listen} (HTTP) / {config.peer_listen} (peers); stop "
+            "what uses the port or change http_listen / peer_listen in the config",
+            file=sys.stderr,
+        )
+        return EXIT_STARTUP_FAILED
     return EXIT_OK

@@ -1,7 +1,7 @@
 """A stand-in for `phalanx node run` in the testnet tests: loads the node config the testnet
 wrote and serves GET /v1/status with the right shape. Environment knobs:
-FAKE_NODE_FAIL=<name> makes that node exit with status 3 at once; FAKE_NODE_IGNORE_TERM=1 makes
-nodes ignore SIGTERM (to test the SIGKILL after the grace period)."""
+FAKE_NODE_FAIL=<name>[,<name>...] makes those nodes exit with status 3 at once;
+FAKE_NODE_IGNORE_TERM=1 makes nodes ignore SIGTERM (to test the SIGKILL after the grace period)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--config", type=Path, required=True)
     config = load_config(parser.parse_args().config)
-    if os.environ.get("FAKE_NODE_FAIL") == config.name:
+    if config.name in os.environ.get("FAKE_NODE_FAIL", "").split(","):
         print(f"{config.name}: failing on purpose", file=sys.stderr)
         return 3
     genesis = json.loads(config.genesis_file.read_text())

@@ -165,10 +165,11 @@ def test_a_node_that_dies_is_reported_with_its_log(
     assert "node1 exited with status 3" in err
     assert str(net_dir.resolve() / "node1" / "node.log") in err
     assert "failing on purpose" in err
-    # node0 was started and is on record, so `down` stops it.
+    # node0 was started by this failed `up`, so it was stopped again (issue 12).
+    assert "stopped the nodes this command started: node0" in err
     nodes = json.loads((net_dir / "testnet.json").read_text())["nodes"]
-    assert nodes[1]["pid"] is None and nodes[0]["pid"] is not None
-    assert testnet.down(net_dir) == [("node0", "stopped"), ("node1", "not running")]
+    assert nodes[1]["pid"] is None and nodes[0]["pid"] is None
+    assert testnet.down(net_dir) == [("node0", "not running"), ("node1", "not running")]
 
 
 def test_down_kills_a_node_that_ignores_sigterm(
