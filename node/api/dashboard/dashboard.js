@@ -158,7 +158,8 @@ async function refreshBlocks(head) {
   const tbody = $("blocks").querySelector("tbody");
   tbody.replaceChildren();
   for (const b of blocks) {
-    const time = b.time_ms ? new Date(b.time_ms).toLocaleTimeString() : "(null batch)";
+    const time = b.time_ms ? new Date(b.time_ms).toLocaleTimeString([], { hour12: false })
+      : "(null batch)";
     const row = el("tr", { class: "clickable" + (state.selected === b.seq ? " selected" : ""),
                            onclick: () => showBlock(b.seq) },
       el("td", {}, b.seq), el("td", {}, time), el("td", {}, b.tx_count),
@@ -178,7 +179,7 @@ async function showBlock(seq) {
   box.append(
     el("div", {}, "hash ", el("code", {}, block.hash)),
     el("div", {}, "prev ", el("code", {}, block.prev_hash)),
-    el("h3", {}, `transactions (${body.tx_ids.length})`));
+    el("h3", {}, `transactions (${body.tx_ids.length}): click one for its receipt`));
   const list = el("ol", {});
   body.tx_ids.forEach((txId, i) => {
     const result = (block.results || [])[i];
@@ -187,7 +188,7 @@ async function showBlock(seq) {
       el("a", { onclick: () => showReceipt(txId) }, short(txId)), " ",
       el("span", { class: ok ? "ok" : "bad" }, ok ? "ok" : (result && result.error) || "?")));
   });
-  box.append(list, el("div", { id: "receipt" }));
+  box.append(el("div", { id: "receipt" }), list);
   box.append(el("h3", {}, "commit certificate"), el("pre", {}, JSON.stringify(block.certificate, null, 2)));
   if (block.execution !== undefined) {
     box.append(el("h3", {}, "execution certificate"), el("pre", {}, JSON.stringify(block.execution, null, 2)));
