@@ -145,9 +145,13 @@ class Cluster:
             assert delivered < steps_max, "message storm"
             if not self.queue:
                 # A relay goes to every other replica, as the node's RELAY frame does.
+                # Filters see it as {"type": "relay", "txs": [...]}.
                 sender, txs = self.relays.pop(0)
+                relay = {"type": "relay", "txs": [dict(tx.wire) for tx in txs]}
                 for j, other in enumerate(self.nodes):
-                    if j != sender and other.replica is not None:
+                    if j == sender or other.replica is None:
+                        continue
+                    if all(keep(sender, j, relay) for keep in self.filters):
                         delivered += 1
                         self.apply(j, other.replica.on_requests(txs))
                 continue
