@@ -38,6 +38,7 @@ from node.api.events import CommitWaiters, EventHub
 from node.api.operator import OperatorContext
 from node.config import ConfigError, NodeConfig
 from node.consensus_log import STATUS_MESSAGE, ConsensusLog, PeerTracker, ReplicaState
+from node.evidence import NodeEvidence
 from node.metrics import NodeMetrics
 from node.p2p.block_sync import MESSAGE_TYPES as BLOCK_SYNC_MESSAGES
 from node.p2p.block_sync import BlockSync
@@ -115,6 +116,8 @@ class NodeRuntime:
             view_change_timeout_ticks=max(10, VIEW_CHANGE_TIMEOUT_MS // config.tick_ms),
         )
         self.metrics = NodeMetrics()
+        # Conflicting signed statements seen from validators (spec §7; node/evidence.py).
+        self.evidence = NodeEvidence(self.genesis, self.store, self.metrics.registry)
         self.pool = Pool(
             ChainRules.of(self.genesis),
             self.store.balance,
@@ -321,6 +324,7 @@ class NodeRuntime:
             # Verify the transactions a proposal carries in the thread pool first, so the
             # replica's synchronous check is a cache hit and the loop is not blocked.
             await self.pool.preverify(_proposed_txs(event.wire))
+            self.evidence.observe_message(event.wire)
             return self.replica.on_message(event.wire)
         if isinstance(event, _Requests):
             return self.replica.on_requests(event.txs)
@@ -378,9 +382,7 @@ class NodeRuntime:
                 )
 
     def _evidence(self) -> list[Any]:
-        # The evidence the node keeps (issue 10's store), when this build has it.
-        source = getattr(self.store, "evidence", None)
-        return list(source()) if callable(source) else []
+        return self.evidence.all()
 
     def _api_context(self) -> ApiContext:
         return ApiContext(
@@ -392,6 +394,7 @@ class NodeRuntime:
             metrics=self.metrics,
             body_max_bytes=self.config.limits.http_body_max_bytes,
             operator=self._operator,
+            evidence=self.evidence.all,
         )
 
     def _status(self) -> dict[str, Any]:

@@ -45,6 +45,7 @@ from ledger.transaction import (
 )
 from ledger.store import StoreError
 from node.api.events import CommitWaiters, EventHub, TooManyWaiters
+from node.api.evidence import EvidenceSource, register_evidence_routes
 from node.api.openapi import openapi_document
 from node.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from node.metrics import NodeMetrics
@@ -127,6 +128,7 @@ class ApiContext:
     metrics: NodeMetrics | None = None
     body_max_bytes: int = BODY_MAX_BYTES_DEFAULT
     sse_keepalive_s: float = SSE_KEEPALIVE_S_DEFAULT
+    evidence: EvidenceSource | None = None  # GET /v1/evidence (node.api.evidence)
 
 
 CONTEXT: web.AppKey[ApiContext] = web.AppKey("phalanx_api_context", ApiContext)
@@ -156,6 +158,7 @@ def create_app(context: ApiContext) -> web.Application:
     app.router.add_get("/v1/events", get_events, allow_head=False)
     app.router.add_get("/metrics", get_metrics)
     app.router.add_get("/openapi.json", get_openapi)
+    register_evidence_routes(app, context.evidence)
     app.on_shutdown.append(_on_shutdown)
     return app
 

@@ -254,6 +254,55 @@ def _path_param(name: str, schema: dict[str, Any], description: str) -> dict[str
     }
 
 
+_STATEMENT = _obj({"tag": {"type": "string"}, "object": {"type": "object"}, "sig": _hex(128, "")})
+_EVIDENCE_LIST = _obj(
+    {
+        "evidence": {
+            "type": "array",
+            "items": _obj(
+                {
+                    "kind": {"type": "string"},
+                    "validator": _hex(64, "the validator's public key"),
+                    "a": _STATEMENT,
+                    "b": _STATEMENT,
+                }
+            ),
+        }
+    }
+)
+
+
+_E503 = {
+    "503": _error(
+        "cannot answer now: min_seq not reached in time (min_seq_not_reached), no execution "
+        "certificate yet (not_certified), or the node diverged (diverged)"
+    )
+}
+_READ_PARAMS = [
+    {
+        "name": "proof",
+        "in": "query",
+        "required": False,
+        "schema": {"type": "string", "enum": ["true", "false"]},
+        "description": "true: add block_hash, execution and state_proof (spec §6)",
+    },
+    {
+        "name": "min_seq",
+        "in": "query",
+        "required": False,
+        "schema": _UINT,
+        "description": "first wait until this block is executed here (503 if not in time)",
+    },
+    {
+        "name": "timeout_ms",
+        "in": "query",
+        "required": False,
+        "schema": {"type": "integer", "minimum": 0, "maximum": 60000},
+        "description": "with min_seq or proof: how long to wait (default 10000)",
+    },
+]
+
+
 def _paths() -> dict[str, Any]:
     return {
         "/v1/tx": {
@@ -396,6 +445,17 @@ def _paths() -> dict[str, Any]:
                 },
             }
         },
+        "/v1/evidence": {
+            "get": {
+                "operationId": "getEvidence",
+                "summary": "Misbehaviour evidence this node observed (spec §7)",
+                "description": "Each item proves that one validator signed two conflicting "
+                "statements; check it with `phalanx audit verify-evidence`. Kinds: commit, "
+                "execution, pre_prepare, prepare (ledger/evidence.py). Bounded list.",
+                "responses": {**_ok("the evidence", _EVIDENCE_LIST), **_E400},
+            }
+        },
+        **_operator_paths(),
         "/metrics": {
             "get": {
                 "operationId": "getMetrics",

@@ -35,7 +35,7 @@ def test_openapi_document_is_valid_openapi_3() -> None:
         ("POST", "/v1/tx"), ("POST", "/v1/txs"), ("GET", "/v1/tx/{tx_id}"),
         ("GET", "/v1/blocks/{seq}"), ("GET", "/v1/state/{key}"), ("GET", "/v1/accounts/{pubkey}"),
         ("GET", "/v1/status"), ("GET", "/v1/events"), ("GET", "/metrics"),
-        ("GET", "/openapi.json"),
+        ("GET", "/openapi.json"), ("GET", "/v1/evidence"),
     }  # fmt: skip
 
 

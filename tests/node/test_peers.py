@@ -1,4 +1,4 @@
-"""Peer links over real TCP on 127.0.0.1: handshake, delivery, refusals, reconnection, bounds."""
+"""Peer links over real TLS on 127.0.0.1: authentication, delivery, refusals, attacks, bounds."""
 
 from __future__ import annotations
 
@@ -8,18 +8,26 @@ import os
 import random
 import socket
 import struct
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import pytest
 
 from crypto.signing import Ed25519Signer
+from node.p2p.budget import PeerBudgets
 from node.p2p.framing import encode_frame, read_frame
-from node.p2p.peers import TAG_HANDSHAKE, PeerNetwork
+from node.p2p.peers import PeerNetwork
+from node.p2p.tls import LinkTls
 
 CHAIN = "phalanx-test"
 GENESIS = "ab" * 32
-FAST = {"backoff_base_s": 0.02, "backoff_max_s": 0.2, "handshake_timeout_s": 2.0}
+FAST = {
+    "backoff_base_s": 0.02,
+    "backoff_max_s": 0.2,
+    "handshake_timeout_s": 2.0,
+    "hello_timeout_s": 2.0,
+    "penalty_base_s": 0.5,
+}
 
 
 def free_port() -> int:
@@ -141,15 +149,17 @@ def test_duplicate_links_keep_the_one_dialed_by_the_lower_key() -> None:
         try:
             await until(c.all_connected)
             low, high = sorted(c.nets, key=lambda net: net.me)
-            # Force a second link from each side in turn; the lower key's outbound must win.
+            await asyncio.sleep(0.3)  # the simultaneous dials settle
+            link = low._peers[high.me].link
+            assert link is not None and link.outbound, "the lower key's outbound link won"
+            # A second link from either side never displaces the live one dialed by low.
             for dialer in (low, high, low):
                 other = high if dialer is low else low
-                assert await dialer._dial(dialer._peers[other.me], other.listen_address)
-                await asyncio.sleep(0.2)
+                assert not await dialer._dial(dialer._peers[other.me], other.listen_address)
+                await asyncio.sleep(0.1)
                 assert c.all_connected()
+                assert low._peers[high.me].link is link
                 assert link_ends(low, high) == link_ends(high, low)[::-1]
-                low_link = low._peers[high.me].link
-                assert low_link is not None and low_link.outbound
             assert low.metrics.duplicates_closed + high.metrics.duplicates_closed >= 3
             low.send(high.me, {"still": "works"})
             await until(
@@ -230,68 +240,59 @@ def test_backoff_doubles_is_capped_and_jittered() -> None:
     assert [again.backoff_s(i) for i in range(8)] == [fresh.backoff_s(i) for i in range(8)]
 
 
-# ---- handshake refusals, driven by a hand-written client or server ------------------------------
+def test_queue_is_bounded_in_bytes_dropping_the_oldest() -> None:
+    async def go() -> None:
+        c = Cluster(2, frame_max=2000, queue_bytes_max=5000)
+        await c.nets[0].start()  # node 1 is not running yet
+        try:
+            for j in range(10):
+                c.nets[0].send(c.keys[1], {"j": j, "pad": "x" * 1000})
+            assert c.nets[0].queue_bytes(c.keys[1]) <= 5000
+            assert c.nets[0].queue_len(c.keys[1]) == 4
+            assert c.nets[0].metrics.drops["queue_full"] == 6
+            await c.nets[1].start()
+            await until(lambda: len(c.inbox[1]) == 4)
+            assert [m["j"] for _, m in c.inbox[1]] == [6, 7, 8, 9]
+            assert c.nets[0].queue_bytes(c.keys[1]) == 0
+        finally:
+            await c.stop()
+
+    run(go())
 
 
-def auth_object(challenge: str, signer: str, peer: str, chain: str = CHAIN) -> dict[str, str]:
-    return {
-        "chain_id": chain,
-        "genesis_hash": GENESIS,
-        "challenge": challenge,
-        "signer": signer,
-        "peer": peer,
-    }
+# ---- attacks on the link set-up ---------------------------------------------------------------
 
 
-async def raw_client(
-    port: int,
-    claimed: str,
-    auth_signer: Ed25519Signer,
-    chain: str = CHAIN,
-    hello_extra: dict[str, Any] | None = None,
-) -> list[dict[str, Any]]:
-    """Connect, run the handshake as ``claimed`` signing with ``auth_signer``; return what the
-    server sent until it closed (or until 0.5 s passed after a successful handshake)."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    received: list[dict[str, Any]] = []
-    try:
-        hello = {
-            "type": "hello",
-            "chain_id": chain,
-            "genesis_hash": GENESIS,
-            "pubkey": claimed,
-            "challenge": os.urandom(32).hex(),
-            **(hello_extra or {}),
-        }
-        writer.write(encode_frame(hello))
-        server_hello = await read_frame(reader)
-        received.append(server_hello)
-        if server_hello["type"] != "hello":
-            return received
-        sig = auth_signer.sign(
-            TAG_HANDSHAKE,
-            auth_object(server_hello["challenge"], claimed, server_hello["pubkey"], chain),
-        )
-        writer.write(encode_frame({"type": "auth", "signature": sig}))
+async def read_all(reader: asyncio.StreamReader, timeout: float = 3.0) -> bytes:
+    data = b""
+    with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError, TimeoutError):
         while True:
-            received.append(await asyncio.wait_for(read_frame(reader), 0.5))
-    except (asyncio.IncompleteReadError, ConnectionError, TimeoutError):
-        return received
-    finally:
-        writer.close()
+            chunk = await asyncio.wait_for(reader.read(65536), timeout)
+            if not chunk:
+                break
+            data += chunk
+    return data
 
 
-def refusal_case(
-    make_client: Callable[[Cluster, int], Awaitable[list[dict[str, Any]]]], reason: str
-) -> None:
+def test_plaintext_handshake_of_the_old_protocol_is_refused_and_counted() -> None:
     async def go() -> None:
         c = Cluster(2)
         server = c.nets[0]
         await server.start()
         try:
-            got = await make_client(c, server.listen_address[1])
-            assert {"type": "refused", "reason": reason} in got
-            assert server.metrics.handshakes_refused[reason] == 1
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.listen_address[1])
+            hello = {
+                "type": "hello",
+                "chain_id": CHAIN,
+                "genesis_hash": GENESIS,
+                "pubkey": c.keys[1],
+                "challenge": os.urandom(32).hex(),
+            }
+            writer.write(encode_frame(hello))
+            got = await read_all(reader)
+            writer.close()
+            assert b"hello" not in got and b"auth" not in got  # nothing in the clear
+            await until(lambda: server.metrics.handshakes_refused["plaintext"] == 1)
             assert server.connected_peers() == []
         finally:
             await server.stop()
@@ -299,124 +300,116 @@ def refusal_case(
     run(go())
 
 
-def test_handshake_accepts_a_validator_that_proves_its_key() -> None:
+async def tls_client(
+    port: int, seed_of: Ed25519Signer, trusts: str, me: str, validators: list[str]
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A TLS client presenting ``seed_of``'s link certificate and trusting ``trusts``."""
+    tls = LinkTls(seed_of.seed, me, [*validators, trusts])
+    return await asyncio.open_connection(
+        "127.0.0.1", port, ssl=tls.client(trusts), server_hostname=""
+    )
+
+
+def test_tls_with_a_key_outside_the_validator_set_is_refused_and_counted() -> None:
     async def go() -> None:
         c = Cluster(2)
-        await c.nets[0].start()
+        server = c.nets[0]
+        await server.start()
+        stranger = Ed25519Signer.generate()
         try:
-            task = asyncio.ensure_future(
-                raw_client(c.nets[0].listen_address[1], c.keys[1], c.signers[1])
+            # The TLS 1.3 client finishes before the server checks its certificate.
+            reader, writer = await tls_client(
+                server.listen_address[1], stranger, c.keys[0], stranger.public_key, c.keys
             )
-            await until(lambda: c.nets[0].connected_peers() == [c.keys[1]])
-            c.nets[0].send(c.keys[1], {"hi": 1})
-            got = await task
-            assert got[0]["type"] == "hello" and got[0]["pubkey"] == c.keys[0]
-            assert got[1] == {"type": "auth", "signature": got[1]["signature"]}
-            assert {"hi": 1} in got
+            writer.write(encode_frame({"type": "hello"}))
+            assert await read_all(reader) == b""
+            writer.close()
+            await until(lambda: server.metrics.handshakes_refused["wrong_key"] == 1)
+            assert server.connected_peers() == []
         finally:
-            await c.nets[0].stop()
+            await server.stop()
 
     run(go())
 
 
-def test_refuses_a_key_outside_the_validator_set() -> None:
-    stranger = Ed25519Signer.generate()
-    refusal_case(
-        lambda c, port: raw_client(port, stranger.public_key, stranger), "unknown_validator"
-    )
+def test_tls_without_a_client_certificate_is_refused() -> None:
+    async def go() -> None:
+        import ssl
 
-
-def test_refuses_a_validator_key_signed_by_someone_else() -> None:
-    impostor = Ed25519Signer.generate()
-    refusal_case(lambda c, port: raw_client(port, c.keys[1], impostor), "bad_signature")
-
-
-def test_refuses_another_chain() -> None:
-    refusal_case(
-        lambda c, port: raw_client(port, c.keys[1], c.signers[1], chain="other-chain"),
-        "chain_mismatch",
-    )
-
-
-def test_refuses_a_peer_claiming_our_own_key() -> None:
-    refusal_case(lambda c, port: raw_client(port, c.keys[0], c.signers[0]), "self")
-
-
-def test_refuses_a_malformed_hello() -> None:
-    refusal_case(
-        lambda c, port: raw_client(port, c.keys[1], c.signers[1], hello_extra={"extra": "x"}),
-        "malformed",
-    )
-
-
-def test_refuses_a_signature_for_another_challenge() -> None:
-    async def replayed(c: Cluster, port: int) -> list[dict[str, Any]]:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        c = Cluster(2)
+        server = c.nets[0]
+        await server.start()
         try:
-            writer.write(
-                encode_frame(
-                    {
-                        "type": "hello",
-                        "chain_id": CHAIN,
-                        "genesis_hash": GENESIS,
-                        "pubkey": c.keys[1],
-                        "challenge": "00" * 32,
-                    }
-                )
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+            reader, writer = await asyncio.open_connection(
+                "127.0.0.1", server.listen_address[1], ssl=context, server_hostname=""
             )
-            await read_frame(reader)
-            old = c.signers[1].sign(TAG_HANDSHAKE, auth_object("11" * 32, c.keys[1], c.keys[0]))
-            writer.write(encode_frame({"type": "auth", "signature": old}))
-            received = []
-            with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
-                while True:
-                    received.append(await read_frame(reader))
-            return received
-        finally:
+            assert await read_all(reader) == b""
             writer.close()
+            await until(lambda: server.metrics.handshakes_refused["no_certificate"] == 1)
+            assert server.connected_peers() == []
+        finally:
+            await server.stop()
 
-    refusal_case(replayed, "bad_signature")
+    run(go())
 
 
-def test_dialer_refuses_a_peer_that_claims_another_key() -> None:
-    """Node 0 dials node 1's address, but whoever answers there is validator 2."""
+def test_dialer_refuses_a_validator_answering_at_another_validators_address() -> None:
+    """Node 0 dials node 1's address, but validator 2 (a real validator) answers there."""
 
     async def go() -> None:
         c = Cluster(3)
-        impostor_seen: list[dict[str, Any]] = []
-
-        async def impostor(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            try:
-                writer.write(
-                    encode_frame(
-                        {
-                            "type": "hello",
-                            "chain_id": CHAIN,
-                            "genesis_hash": GENESIS,
-                            "pubkey": c.keys[2],
-                            "challenge": "00" * 32,
-                        }
-                    )
-                )
-                impostor_seen.append(await read_frame(reader))
-                impostor_seen.append(await read_frame(reader))
-            except asyncio.IncompleteReadError:
-                pass
-            finally:
-                writer.close()
-
-        address = c.validators[c.keys[1]]
-        assert address is not None
-        server = await asyncio.start_server(impostor, *address)
+        impostor = c.make(2, listen=c.validators[c.keys[1]])
+        await impostor.start()
         await c.nets[0].start()
         try:
             await until(lambda: c.nets[0].metrics.handshakes_refused["wrong_key"] >= 1)
-            assert {"type": "refused", "reason": "wrong_key"} in impostor_seen
             assert c.keys[1] not in c.nets[0].connected_peers()
+            assert not any(sender == c.keys[1] for sender, _ in c.inbox[0])
         finally:
             await c.nets[0].stop()
-            server.close()
-            await server.wait_closed()
+            await impostor.stop()
+
+    run(go())
+
+
+def test_reflecting_bytes_between_two_validators_links_nobody() -> None:
+    """The impersonation of the security review: an attacker without a key connects to node 0
+    and node 1 and relays each one's bytes to the other. Both are TLS servers on those
+    connections, so neither handshake can complete; no link is installed for the attacker."""
+
+    async def go() -> None:
+        c = Cluster(2)
+        # Neither node dials (no address to dial): only the attacker's connections exist.
+        c.validators = {k: v for k, v in c.validators.items()}
+        for net in c.nets:
+            for peer in net._peers.values():
+                peer.address = None
+        await c.start()
+        try:
+            r0, w0 = await asyncio.open_connection("127.0.0.1", c.nets[0].listen_address[1])
+            r1, w1 = await asyncio.open_connection("127.0.0.1", c.nets[1].listen_address[1])
+
+            async def pipe(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+                with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+                    while data := await r.read(65536):
+                        w.write(data)
+                        await w.drain()
+                w.close()
+
+            # Opening move of the old attack: claim node 1 to node 0 and vice versa.
+            for w, key in ((w0, c.keys[1]), (w1, c.keys[0])):
+                w.write(encode_frame({"type": "hello", "chain_id": CHAIN, "pubkey": key}))
+            await asyncio.wait_for(asyncio.gather(pipe(r0, w1), pipe(r1, w0)), 5)
+            await asyncio.sleep(0.1)
+            assert c.nets[0].connected_peers() == [] and c.nets[1].connected_peers() == []
+            refused = sum(sum(n.metrics.handshakes_refused.values()) for n in c.nets)
+            assert refused >= 2
+            assert c.inbox == [[], []]
+        finally:
+            await c.stop()
 
     run(go())
 
@@ -437,6 +430,114 @@ def test_networks_on_different_genesis_never_connect() -> None:
     run(go())
 
 
+def test_a_second_process_with_a_validators_key_never_displaces_its_live_link(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def go() -> None:
+        c = Cluster(2)
+        await c.start()
+        twin = c.make(1, listen=("127.0.0.1", free_port()))
+        try:
+            await until(c.all_connected)
+            original = c.nets[0]._peers[c.keys[1]].link
+            await twin.start()  # dials node 0 as validator 1, again and again
+            await until(lambda: c.nets[0].metrics.duplicate_validator_links >= 3, timeout=10)
+            assert c.nets[0]._peers[c.keys[1]].link is original
+            c.nets[1].send(c.keys[0], {"from": "the real one"})
+            await until(lambda: (c.keys[1], {"from": "the real one"}) in c.inbox[0])
+            logged = [r for r in caplog.records if r.getMessage() == "duplicate_validator_links"]
+            assert len(logged) == 1
+        finally:
+            await twin.stop()
+            await c.stop()
+
+    run(go())
+
+
+def test_a_dead_link_is_replaced_by_a_new_one() -> None:
+    async def go() -> None:
+        c = Cluster(2, probe_timeout_s=0.5, dead_after_s=30.0)
+        await c.start()
+        try:
+            await until(c.all_connected)
+            await asyncio.sleep(0.3)
+            old_far_end = c.nets[1]._peers[c.keys[0]].link
+            assert old_far_end is not None
+            # Node 1's old link goes silent (like a frozen or vanished process): it neither
+            # reads nor answers pings. A new link from a fresh process of node 1 replaces it.
+            old_far_end.writer.transport.pause_reading()
+            for task in old_far_end.tasks:
+                task.cancel()
+            c.nets[1]._peers[c.keys[0]].link = None
+            fresh = c.make(1, listen=("127.0.0.1", free_port()))
+            await fresh.start()
+            await until(
+                lambda: (
+                    c.nets[0]._peers[c.keys[1]].link is not None
+                    and c.nets[0]._peers[c.keys[1]].link.instance == fresh.instance
+                )
+            )
+            assert c.nets[0].metrics.duplicate_validator_links == 0
+            await fresh.stop()
+        finally:
+            await c.stop()
+
+    run(go())
+
+
+def test_idle_sockets_cannot_keep_a_validator_out() -> None:
+    """300 idle TCP connections from another host (127.0.0.2) to node 0's peer port: the slots
+    are bounded, the oldest are evicted, each dies at the hello deadline, and node 1 links."""
+
+    async def go() -> None:
+        c = Cluster(2, hello_timeout_s=1.0, pending_max=32, pending_per_ip_max=8)
+        server = c.nets[0]
+        await server.start()
+        idle: list[socket.socket] = []
+        try:
+            loop = asyncio.get_running_loop()
+            for _ in range(300):
+                s = socket.socket()
+                s.setblocking(False)
+                s.bind(("127.0.0.2", 0))
+                await loop.sock_connect(s, server.listen_address)
+                idle.append(s)
+            await asyncio.sleep(0.2)
+            assert server.pending_handshakes <= 32 + 16
+            assert server.metrics.pending_evicted["per_ip"] >= 250
+            await c.nets[1].start()
+            await until(lambda: server.connected_peers() == [c.keys[1]], timeout=5)
+            await asyncio.sleep(1.2)
+            assert server.pending_handshakes == 0  # the hello deadline closed the rest
+        finally:
+            for s in idle:
+                s.close()
+            await c.stop()
+
+    run(go())
+
+
+# ---- attacks by an authenticated validator --------------------------------------------------
+
+
+async def validator_client(
+    c: Cluster, i: int, server: PeerNetwork
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Validator ``i`` linked to ``server`` by hand (TLS and hello), to send what it likes."""
+    tls = LinkTls(c.signers[i].seed, c.keys[i], c.keys)
+    reader, writer = await asyncio.open_connection(
+        "127.0.0.1", server.listen_address[1], ssl=tls.client(server.me), server_hostname=""
+    )
+    writer.write(
+        encode_frame(
+            {"type": "hello", "chain_id": CHAIN, "genesis_hash": GENESIS, "instance": "00" * 16}
+        )
+    )
+    assert (await read_frame(reader))["type"] == "hello"
+    await until(lambda: c.keys[i] in server.connected_peers())
+    return reader, writer
+
+
 @pytest.mark.parametrize(
     ("junk", "reason"),
     [
@@ -444,37 +545,106 @@ def test_networks_on_different_genesis_never_connect() -> None:
         (struct.pack(">I", 3) + b"[1]", "undecodable"),
     ],
 )
-def test_bad_frame_after_handshake_disconnects_and_counts(junk: bytes, reason: str) -> None:
+def test_bad_frame_disconnects_counts_and_bans_for_a_while(junk: bytes, reason: str) -> None:
     async def go() -> None:
-        c = Cluster(2, frame_max=1000)
+        c = Cluster(2, frame_max=1000, penalty_base_s=1.0)
         server = c.nets[0]
+        server._peers[c.keys[1]].address = None  # do not dial the hand-made validator 1
         await server.start()
-        reader, writer = await asyncio.open_connection("127.0.0.1", server.listen_address[1])
         try:
-            writer.write(
-                encode_frame(
-                    {
-                        "type": "hello",
-                        "chain_id": CHAIN,
-                        "genesis_hash": GENESIS,
-                        "pubkey": c.keys[1],
-                        "challenge": "00" * 32,
-                    }
-                )
-            )
-            hello = await read_frame(reader)
-            sig = c.signers[1].sign(
-                TAG_HANDSHAKE, auth_object(hello["challenge"], c.keys[1], c.keys[0])
-            )
-            writer.write(encode_frame({"type": "auth", "signature": sig}))
-            await read_frame(reader)  # the server's auth
-            await until(lambda: server.connected_peers() == [c.keys[1]])
+            reader, writer = await validator_client(c, 1, server)
             writer.write(junk)
             await until(lambda: server.connected_peers() == [])
             assert server.metrics.bad_frames[(c.keys[1], reason)] == 1
-            assert await reader.read() == b""  # the server closed the connection
-        finally:
+            assert server.metrics.penalties[(c.keys[1], f"bad_frame:{reason}")] == 1
+            assert await read_all(reader) == b""
             writer.close()
+            # Within the back-off the same validator is refused even with a valid link.
+            with contextlib.suppress(AssertionError, ConnectionError):
+                await validator_client(c, 1, server)
+            assert server.connected_peers() == []
+            assert server.metrics.handshakes_refused["backoff"] >= 1
+            await asyncio.sleep(1.0)
+            _, w2 = await validator_client(c, 1, server)
+            w2.close()
+        finally:
             await server.stop()
+
+    run(go())
+
+
+def test_a_validator_flooding_expensive_frames_is_cut_off_and_the_loop_stays_free() -> None:
+    """Frames of a million ``{}`` (spaced, so no fast path) from an authenticated validator:
+    decoding runs off the event loop (which keeps ticking) and the decode budget ends the link."""
+
+    async def go() -> None:
+        budgets = PeerBudgets(decode_cpu_per_s=0.05, decode_cpu_burst=0.5)
+        c = Cluster(2, frame_max=8 * 1024 * 1024, budgets=budgets)
+        server = c.nets[0]
+        server._peers[c.keys[1]].address = None
+        await server.start()
+        gaps: list[float] = []
+        stop = asyncio.Event()
+
+        async def ticker() -> None:
+            loop = asyncio.get_running_loop()
+            last = loop.time()
+            while not stop.is_set():
+                await asyncio.sleep(0.01)
+                now = loop.time()
+                gaps.append(now - last)
+                last = now
+
+        payload = b'{"a": [' + b", ".join([b"{}"] * 1_000_000) + b"]}"
+        tls = LinkTls(c.signers[1].seed, c.keys[1], c.keys)
+        context = tls.client(c.keys[0])
+        port = server.listen_address[1]
+
+        def attacker() -> None:
+            # Its own thread: only the node's work shows in the loop's gaps.
+            raw = socket.create_connection(("127.0.0.1", port))
+            with context.wrap_socket(raw, server_hostname=None) as tls_sock:
+                hello = {
+                    "type": "hello",
+                    "chain_id": CHAIN,
+                    "genesis_hash": GENESIS,
+                    "instance": "00" * 16,
+                }
+                tls_sock.sendall(encode_frame(hello))
+                with contextlib.suppress(OSError):
+                    for _ in range(4):
+                        tls_sock.sendall(struct.pack(">I", len(payload)) + payload)
+                    while tls_sock.recv(65536):
+                        pass
+
+        tick = asyncio.ensure_future(ticker())
+        try:
+            await asyncio.wait_for(asyncio.to_thread(attacker), 30)
+            await until(lambda: server.connected_peers() == [], timeout=20)
+            assert server.metrics.penalties[(c.keys[1], "decode_cpu_budget")] == 1
+            assert server.metrics.frames_in == 0
+            assert max(gaps) < 0.5, f"the event loop stalled for {max(gaps):.2f} s"
+        finally:
+            stop.set()
+            await tick
+            await server.stop()
+
+    run(go())
+
+
+def test_penalize_disconnects_a_peer_past_its_invalid_budget() -> None:
+    async def go() -> None:
+        c = Cluster(2, budgets=PeerBudgets(invalid_per_s=1.0, invalid_burst=5.0))
+        await c.start()
+        try:
+            await until(c.all_connected)
+            assert not any(c.nets[0].penalize(c.keys[1], "bad_signature") for _ in range(5))
+            assert c.nets[0].penalize(c.keys[1], "bad_signature")
+            assert c.nets[0].banned(c.keys[1])
+            await until(lambda: c.nets[0].connected_peers() == [])
+            assert c.nets[0].metrics.penalties[(c.keys[1], "invalid:bad_signature")] == 1
+            await until(c.all_connected, timeout=5)  # back after the back-off
+        finally:
+            await c.stop()
 
     run(go())
