@@ -143,6 +143,11 @@ class Pool:
         self._verified: OrderedDict[str, str] = OrderedDict()
         self._removed_times: OrderedDict[str, float] = OrderedDict()
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tx-verify")
+        # The primary's proposals are verified on their own thread, so that a flood of client
+        # submissions queued on the shared workers cannot hold up consensus (issue 10).
+        self._consensus_executor = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="tx-verify-consensus"
+        )
         self._closed = False
 
     # ---- reading ----------------------------------------------------------------------------
@@ -294,7 +299,9 @@ class Pool:
         _log.info("pending_tx_expired", extra={"tx_id": tx_id})
         return True
 
-    async def _verify_many(self, txs: list[ValidTx]) -> list[TxError | None]:
+    async def _verify_many(
+        self, txs: list[ValidTx], executor: ThreadPoolExecutor | None = None
+    ) -> list[TxError | None]:
         """Signature checks in the thread pool, skipping those already verified."""
         verdicts: list[TxError | None] = [None] * len(txs)
         first: dict[tuple[str, str], int] = {}  # a repeat within one call is verified once
@@ -314,7 +321,9 @@ class Pool:
         loop = asyncio.get_running_loop()
         chunks = [todo[k : k + VERIFY_CHUNK] for k in range(0, len(todo), VERIFY_CHUNK)]
         futures = [
-            loop.run_in_executor(self._executor, _verify_chunk, [txs[i] for i in chunk])
+            loop.run_in_executor(
+                executor or self._executor, _verify_chunk, [txs[i] for i in chunk]
+            )
             for chunk in chunks
         ]
         for chunk, chunk_verdicts in zip(chunks, await asyncio.gather(*futures), strict=True):
@@ -339,7 +348,7 @@ class Pool:
                 continue
         if not txs:
             return
-        verdicts = await self._verify_many(txs)
+        verdicts = await self._verify_many(txs, self._consensus_executor)
         for tx, error in zip(txs, verdicts, strict=True):
             if error is None and tx.chain_id == self._rules.chain_id:
                 self._remember_verified(tx.tx_id, tx.sig)
@@ -387,6 +396,7 @@ class Pool:
     def close(self) -> None:
         self._closed = True
         self._executor.shutdown(wait=False, cancel_futures=True)
+        self._consensus_executor.shutdown(wait=False, cancel_futures=True)
 
 
 def _verify_chunk(txs: list[ValidTx]) -> list[TxError | None]:
