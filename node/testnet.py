@@ -2,8 +2,10 @@
 
 Layout of ``DIR`` (default ``./testnet``)::
 
-    DIR/genesis.json           chain_id "phalanx-testnet", validators node0..node{N-1}
+    DIR/genesis.json           chain_id "phalanx-testnet-<16 random hex>" (or --chain-id),
+                               validators node0..node{N-1}, fee_per_byte 1
     DIR/client.key             the demo client's seed (64 hex chars), funded in the genesis
+                               with 10^15 (enough for billions of small transactions)
     DIR/client1.key ..3.key    three more funded demo clients
     DIR/testnet.json           {"genesis", "nodes": [{"name", "pubkey", "url", "data_dir", "pid"}]}
     DIR/nodeI/node.key         the validator's key (0600)
@@ -28,6 +30,7 @@ import json
 import os
 import shlex
 import signal
+import socket
 import sys
 import time
 import urllib.error
@@ -38,16 +41,18 @@ from typing import Any
 
 from crypto.keys import KeyFileError, load_private_key, save_private_key
 from crypto.signing import Ed25519Signer
+from ledger.genesis import GenesisError, check_chain_id, new_chain_id
 from node.config import NodeConfig
 
-CHAIN_ID = "phalanx-testnet"
+CHAIN_ID_PREFIX = "phalanx-testnet"  # + a random suffix: every new testnet is its own chain
 DEFAULT_DIR = Path("testnet")
 DEFAULT_NODES = 4
 DEFAULT_BASE_PORT = 7000
 PEER_PORT_OFFSET = 100
 HOST = "127.0.0.1"
 CLIENT_KEYS = ("client.key", "client1.key", "client2.key", "client3.key")
-CLIENT_BALANCE = 1_000_000_000
+CLIENT_BALANCE = 10**15  # four of them stay below the genesis's 2^53 - 1 total
+FEE_PER_BYTE = 1
 NODE_CMD_ENV = "PHALANX_TESTNET_NODE_CMD"
 READY_TIMEOUT_S = 30.0
 STOP_GRACE_S = 10.0
@@ -135,7 +140,7 @@ def _key(path: Path) -> Ed25519Signer:
         raise TestnetError(str(exc)) from exc
 
 
-def _genesis(dir: Path, nodes: int | None) -> dict[str, Any]:
+def _genesis(dir: Path, nodes: int | None, chain_id: str | None) -> dict[str, Any]:
     """Load DIR/genesis.json, or create it (and the keys it names) when absent."""
     path = dir / "genesis.json"
     if path.exists():
@@ -146,7 +151,16 @@ def _genesis(dir: Path, nodes: int | None) -> dict[str, Any]:
                 f"{dir} already holds a testnet of {count} nodes; use --nodes {count} "
                 "or another --dir"
             )
+        if chain_id is not None and chain_id != genesis.get("chain_id"):
+            raise TestnetError(
+                f"{dir} already holds the testnet {genesis.get('chain_id')!r}; drop --chain-id "
+                "or use another --dir"
+            )
         return genesis
+    try:
+        chain_id = new_chain_id(CHAIN_ID_PREFIX) if chain_id is None else check_chain_id(chain_id)
+    except GenesisError as exc:
+        raise TestnetError(f"--chain-id: {exc}") from exc
     count = DEFAULT_NODES if nodes is None else nodes
     if not 1 <= count <= PEER_PORT_OFFSET:
         raise TestnetError(f"--nodes must be between 1 and {PEER_PORT_OFFSET}")
@@ -155,7 +169,12 @@ def _genesis(dir: Path, nodes: int | None) -> dict[str, Any]:
         for i in range(count)
     ]
     accounts = {_key(dir / name).public_key: CLIENT_BALANCE for name in CLIENT_KEYS}
-    genesis = {"chain_id": CHAIN_ID, "validators": validators, "accounts": accounts}
+    genesis = {
+        "chain_id": chain_id,
+        "validators": validators,
+        "accounts": accounts,
+        "fee_per_byte": FEE_PER_BYTE,
+    }
     path.write_text(json.dumps(genesis, indent=2) + "\n", encoding="utf-8")
     return genesis
 
@@ -169,12 +188,18 @@ def _base_port_in_use(dir: Path) -> int | None:
         return None
 
 
-def create(dir: Path, nodes: int | None = None, base_port: int | None = None) -> Testnet:
-    """Create keys and genesis if absent and (re)write every node's config. Running nodes are
-    kept, as long as their config does not change. Returns the testnet, pids as recorded."""
+def create(
+    dir: Path,
+    nodes: int | None = None,
+    base_port: int | None = None,
+    chain_id: str | None = None,
+) -> Testnet:
+    """Create keys and genesis (a new, unique chain_id unless ``chain_id`` is given) if absent
+    and (re)write every node's config. Running nodes are kept, as long as their config does not
+    change. Returns the testnet, pids as recorded."""
     dir = dir.resolve()
     dir.mkdir(parents=True, exist_ok=True)
-    genesis = _genesis(dir, nodes)
+    genesis = _genesis(dir, nodes, chain_id)
     if base_port is None:
         base_port = _base_port_in_use(dir) or DEFAULT_BASE_PORT
     count = len(genesis["validators"])
@@ -342,10 +367,11 @@ def _log_tail(path: Path, lines: int = 15) -> str:
 def wait_ready(
     testnet: Testnet, nodes: list[NodeEntry], timeout_s: float = READY_TIMEOUT_S
 ) -> None:
-    """Wait until each node answers /v1/status with its own pubkey; a node that dies or stays
-    silent raises :class:`TestnetError` pointing at its log."""
+    """Wait until each node answers /v1/status with its own pubkey. Nodes that die or stay
+    silent raise one :class:`TestnetError` naming every one of them, with its log's tail."""
     deadline = time.monotonic() + timeout_s
     pending = list(nodes)
+    errors: list[str] = []
     while pending:
         for node in list(pending):
             assert node.pid is not None
@@ -359,23 +385,31 @@ def wait_ready(
                 node.pid = None
                 testnet.save()
                 log = testnet.log_path(node)
-                raise TestnetError(
+                errors.append(
                     f"{node.name} exited{code} before answering /v1/status; see {log}:\n"
-                    + _log_tail(log)
+                    + _log_tail(log, lines=4)
                 )
+                pending.remove(node)
+                continue
             answer = fetch_status(node.url, timeout_s=0.5)
             if answer is not None:
                 if answer.get("pubkey") != node.pubkey:
-                    raise TestnetError(
+                    errors.append(
                         f"{node.url} answers as {answer.get('pubkey')!r}, not {node.name}: "
                         "is another program using the port? Try another --base-port"
                     )
                 pending.remove(node)
         if pending and time.monotonic() > deadline:
-            names = ", ".join(f"{n.name} (see {testnet.log_path(n)})" for n in pending)
-            raise TestnetError(f"no answer from /v1/status within {timeout_s:g} s: {names}")
+            errors += [
+                f"{n.name}: no answer from /v1/status within {timeout_s:g} s "
+                f"(see {testnet.log_path(n)})"
+                for n in pending
+            ]
+            break
         if pending:
             time.sleep(0.1)
+    if errors:
+        raise TestnetError("\n".join(errors))
 
 
 # ---- commands -----------------------------------------------------------------------------------
@@ -386,15 +420,57 @@ def up(
     nodes: int | None = None,
     base_port: int | None = None,
     timeout_s: float = READY_TIMEOUT_S,
+    chain_id: str | None = None,
 ) -> Testnet:
     """Create what is missing, start every node that is not running, wait until all answer."""
-    testnet = create(dir, nodes, base_port)
+    testnet = create(dir, nodes, base_port, chain_id)
     started = [node for node in testnet.nodes if node.pid is None]
-    for node in started:
-        spawn(testnet, node)
-    testnet.save()  # pids are on record before waiting, so `down` works even if waiting fails
-    wait_ready(testnet, testnet.nodes, timeout_s)
+    _check_ports_free(testnet, started)
+    try:
+        for node in started:
+            spawn(testnet, node)
+        testnet.save()  # pids are on record before waiting, so `down` works if waiting fails
+        wait_ready(testnet, testnet.nodes, timeout_s)
+    except TestnetError as exc:
+        # Leave nothing half up: stop every node this command started (not those that were
+        # already running), then report every node's error.
+        stopped = _stop(testnet, started)
+        note = f"\nstopped the nodes this command started: {', '.join(stopped)}" if stopped else ""
+        raise TestnetError(f"{exc}{note}") from exc
     return testnet
+
+
+def _check_ports_free(testnet: Testnet, nodes: list[NodeEntry]) -> None:
+    """One line per busy port of the nodes about to start, before starting any."""
+    busy = []
+    for node in nodes:
+        config = json.loads(testnet.config_path(node).read_text(encoding="utf-8"))
+        for what, address in (("HTTP", config["http_listen"]), ("peer", config["peer_listen"])):
+            host, _, port = str(address).rpartition(":")
+            with socket.socket() as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    probe.bind((host.strip("[]"), int(port)))
+                except OSError:
+                    busy.append(f"{address} ({node.name} {what})")
+    if busy:
+        raise TestnetError(
+            f"port(s) already in use: {', '.join(busy)}; stop what uses them (another testnet? "
+            "`phalanx testnet down --dir ...`) or choose another --base-port"
+        )
+
+
+def _stop(testnet: Testnet, nodes: list[NodeEntry]) -> list[str]:
+    pids = {node.pid: node for node in nodes if node.pid is not None and is_running(node.pid)}
+    for pid in pids:
+        _signal(pid, signal.SIGTERM)
+    for pid in _wait_gone(list(pids), STOP_GRACE_S):
+        _signal(pid, signal.SIGKILL)
+    _wait_gone(list(pids), 5.0)
+    for node in nodes:
+        node.pid = None
+    testnet.save()
+    return [node.name for node in pids.values()]
 
 
 def down(dir: Path = DEFAULT_DIR, grace_s: float = STOP_GRACE_S) -> list[tuple[str, str]]:

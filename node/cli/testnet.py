@@ -45,6 +45,12 @@ def register(subparsers: Any) -> None:
     up.add_argument(
         "--timeout", type=float, default=testnet.READY_TIMEOUT_S, help="seconds to wait"
     )
+    up.add_argument(
+        "--chain-id",
+        default=None,
+        help="chain_id of a new testnet (default: phalanx-testnet-<64 random bits>, so that no "
+        "two testnets share one)",
+    )
     up.set_defaults(func=run_up)
     down = add("down", "stop every node (SIGTERM, then SIGKILL after --grace seconds)")
     down.add_argument("--grace", type=float, default=testnet.STOP_GRACE_S)
@@ -59,6 +65,9 @@ def register(subparsers: Any) -> None:
     start.add_argument("name")
     start.add_argument("--timeout", type=float, default=testnet.READY_TIMEOUT_S)
     start.set_defaults(func=run_start)
+    watch = add("watch", "a live table (tx/s, pool, time since the last commit) until Ctrl-C")
+    watch.add_argument("--interval", type=float, default=2.0, help="seconds (default 2)")
+    watch.set_defaults(func=run_watch)
 
 
 def _fail(exc: Exception) -> int:
@@ -68,7 +77,7 @@ def _fail(exc: Exception) -> int:
 
 def run_up(args: argparse.Namespace) -> int:
     try:
-        net = testnet.up(args.dir, args.nodes, args.base_port, args.timeout)
+        net = testnet.up(args.dir, args.nodes, args.base_port, args.timeout, args.chain_id)
     except testnet.TestnetError as exc:
         return _fail(exc)
     for node in net.nodes:
@@ -101,6 +110,20 @@ def run_start(args: argparse.Namespace) -> int:
     except testnet.TestnetError as exc:
         return _fail(exc)
     print(f"{node.name} {node.url}" + ("" if started else " (already running)"))
+    return 0
+
+
+def run_watch(args: argparse.Namespace) -> int:
+    from node.testnet_watch import watch
+
+    directory = args.dir.resolve()
+    try:
+        testnet.Testnet.load(directory)
+        watch(lambda: testnet.Testnet.load(directory).nodes, args.interval)
+    except testnet.TestnetError as exc:
+        return _fail(exc)
+    except KeyboardInterrupt:
+        return 0
     return 0
 
 

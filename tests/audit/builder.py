@@ -17,7 +17,16 @@ from consensus.batch import Batch, Tx
 from consensus.output import Committed
 from ledger.genesis import Genesis
 from ledger.store import LedgerStore
-from tests.ledger.helpers import ALICE, BOB, CAROL, VALIDATORS, certify, make_genesis, tx
+from tests.ledger.helpers import (
+    ALICE,
+    BOB,
+    CAROL,
+    VALIDATORS,
+    certify,
+    make_genesis,
+    signer,
+    tx,
+)
 
 ODD_KEY = "ünï\u00e9\nkey"  # non-ASCII and an escape in the stored JSON
 
@@ -36,24 +45,37 @@ class Built:
         return path
 
 
+DAVE = signer("dave")  # a throwaway key: nothing in its account
+GENESIS_ACCOUNTS = {ALICE.public_key: 1_000_000, BOB.public_key: 5_000}
+FEE_PER_BYTE = 1
+
+
+def standard_genesis() -> Genesis:
+    """v2: fees on (1 per byte), Alice rich, Bob with little, Carol and Dave with nothing."""
+    return make_genesis(accounts=dict(GENESIS_ACCOUNTS), fee_per_byte=FEE_PER_BYTE)
+
+
 def standard_blocks() -> list[list[Tx]]:
-    """Seven blocks: every op kind, failing ops, a null batch, a repeated tx, a multi-op tx."""
+    """Seven blocks: every op kind, fees, owners, every failure code, a null batch, a repeated
+    tx, a multi-op tx and another chain's tx (which no honest node orders, but a ledger may
+    hold: it must replay as wrong_chain)."""
     set_k = tx(ALICE, 0, {"op": "set", "key": "k", "value": {"a": [1, 2, "three"]}})
     return [
         [
             set_k,
-            tx(ALICE, 1, {"op": "transfer", "to": CAROL.public_key, "amount": 300}),
-            tx(BOB, 0, {"op": "transfer", "to": CAROL.public_key, "amount": 51}),  # too much
+            tx(ALICE, 1, {"op": "transfer", "to": CAROL.public_key, "amount": 300_000}),
+            # Bob pays the fee, then cannot cover the transfer: insufficient_funds.
+            tx(BOB, 0, {"op": "transfer", "to": CAROL.public_key, "amount": 5_000}),
         ],
         [],  # seq 2: a null batch
         [
             tx(ALICE, 2, {"op": "cas", "key": "k", "expect": 1, "value": "v2"}),
-            tx(BOB, 1, {"op": "cas", "key": "k", "expect": 1, "value": "late"}),  # mismatch
+            tx(BOB, 1, {"op": "cas", "key": "k", "expect": 1, "value": "late"}),  # forbidden
             tx(CAROL, 0, {"op": "set", "key": ODD_KEY, "value": None}),
             tx(CAROL, 1, {"op": "set", "key": "gone", "value": [True, False]}),
         ],
         [
-            tx(BOB, 2, {"op": "delete", "key": "gone"}),
+            tx(BOB, 2, {"op": "delete", "key": "gone"}),  # Carol's: forbidden
             set_k,  # a repeat: result duplicate, its index entry stays at seq 1
             tx(
                 CAROL,
@@ -62,10 +84,18 @@ def standard_blocks() -> list[list[Tx]]:
                 {"op": "cas", "key": "multi", "expect": 1, "value": 2},
                 {"op": "transfer", "to": BOB.public_key, "amount": 25},
             ),
+            tx(CAROL, 3, {"op": "chown", "key": "gone", "to": BOB.public_key}),
+            tx(BOB, 3, {"op": "delete", "key": "gone"}),  # Bob's now
+            tx(DAVE, 0, {"op": "set", "key": "spam", "value": "x" * 100}),  # insufficient_fee
+            tx(ALICE, 100, {"op": "set", "key": "elsewhere", "value": 1}, chain_id="other-net"),
         ],
         [tx(ALICE, 3, {"op": "cas", "key": "fresh", "expect": 0, "value": {"n": -5}})],
-        [tx(ALICE, 4, {"op": "delete", "key": "never-set"})],
-        [tx(BOB, 3, {"op": "set", "key": "k2", "value": "x" * 40})]
+        [tx(ALICE, 4, {"op": "delete", "key": "never-set"})],  # not_found
+        [
+            tx(BOB, 4, {"op": "set", "key": "k2", "value": "x" * 40}),
+            tx(BOB, 5, {"op": "cas", "key": "k", "expect": 9, "value": 0}),  # forbidden
+            tx(ALICE, 50, {"op": "cas", "key": "k", "expect": 1, "value": 0}),  # cas_mismatch
+        ]
         + [tx(ALICE, 5 + i, {"op": "set", "key": f"n{i}", "value": i}) for i in range(6)],
     ]
 
@@ -90,7 +120,7 @@ def append(
 def build_ledger(
     path: Path, blocks: Sequence[Sequence[Tx]] | None = None, genesis: Genesis | None = None
 ) -> Built:
-    genesis = genesis or make_genesis()
+    genesis = genesis or standard_genesis()
     blocks = standard_blocks() if blocks is None else blocks
     built = Built(genesis, path)
     with LedgerStore.open(path, genesis) as store:

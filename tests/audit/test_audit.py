@@ -14,6 +14,7 @@ from ledger.audit import audit, audit_ledger
 from ledger.audit.checks import Failure, LedgerReport
 from node.cli import main
 from tests.audit.builder import (
+    GENESIS_ACCOUNTS,
     Built,
     copy_ledger,
     entries,
@@ -23,7 +24,7 @@ from tests.audit.builder import (
     rewrite,
     seq8,
 )
-from tests.ledger.helpers import BOB, CAROL, VALIDATORS
+from tests.ledger.helpers import ALICE, BOB, CAROL, VALIDATORS
 
 
 def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -51,9 +52,9 @@ def test_sound_ledger_passes(built: Built, capsys: pytest.CaptureFixture[str]) -
     report = audit_ledger(built.path)
     assert report.ok, describe(report)
     assert report.head_seq == report.blocks == 7
-    assert report.txs == sum(len(t) for t in built.blocks.values()) == 19
+    assert report.txs == sum(len(t) for t in built.blocks.values()) == 25
     # Every tx signature and every vote: 7 certificates of 3 votes, one of 4.
-    assert report.signatures == 19 + 7 * 3 + 1
+    assert report.signatures == 25 + 7 * 3 + 1
     assert report.state_keys == 11 and report.balances == 3
     assert report.genesis_hash == built.genesis.genesis_hash
 
@@ -62,7 +63,32 @@ def test_sound_ledger_passes(built: Built, capsys: pytest.CaptureFixture[str]) -
 @pytest.mark.parametrize("workers", [1, 2, 3, 8])
 def test_any_workers_give_the_same_report(built: Built, workers: int, processes: bool) -> None:
     report = audit_ledger(built.path, workers=workers, processes=processes)
-    assert report.ok and report.signatures == 41
+    assert report.ok and report.signatures == 47
+
+
+def test_the_standard_ledger_replays_owners_fees_and_every_code(built: Built) -> None:
+    """The fixture holds every result code, and the audit's replay agrees with each."""
+    from ledger.store import LedgerStore
+
+    with LedgerStore.open(built.path, readonly=True) as store:
+        codes = {r["error"] for b in store.iter_blocks() for r in b["results"]}
+        gone, multi = store.get_state("gone"), store.get_state("multi")
+        fees_paid = sum(GENESIS_ACCOUNTS.values()) - sum(
+            store.balance(c.public_key) for c in (ALICE, BOB, CAROL)
+        )
+    assert codes == {
+        None,
+        "cas_mismatch",
+        "duplicate",
+        "forbidden",
+        "insufficient_fee",
+        "insufficient_funds",
+        "not_found",
+        "wrong_chain",
+    }
+    assert gone is None and multi is not None and multi["owner"] == CAROL.public_key
+    assert fees_paid > 0  # burned
+    assert audit_ledger(built.path).ok
 
 
 def test_json_report_shape(
@@ -197,6 +223,16 @@ CASES: list[Case] = [
         "key 'k': stored",
     ),
     (
+        "state",
+        lambda b: (
+            b"multi",
+            replace_once(CAROL.public_key.encode(), BOB.public_key.encode()),
+        ),
+        4,
+        "state",
+        "key 'multi': stored",
+    ),
+    (
         "balances",
         lambda b: (bytes.fromhex(CAROL.public_key), flip_bit(7)),
         4,
@@ -320,7 +356,7 @@ def test_every_random_bit_flip_is_found(built: Built, tmp_path: Path) -> None:
 def test_malformed_transactions_are_failures_and_replay_still_agrees(tmp_path: Path) -> None:
     from consensus.batch import Tx
     from tests.audit.builder import build_ledger
-    from tests.ledger.helpers import ALICE, sign_tx, tx
+    from tests.ledger.helpers import ALICE, CHAIN_ID, sign_tx, tx
 
     good = tx(ALICE, 0, {"op": "set", "key": "a", "value": 1})
     extra_field = sign_tx(ALICE, 1, [{"op": "set", "key": "b", "value": 2, "extra": 0}])
@@ -328,13 +364,14 @@ def test_malformed_transactions_are_failures_and_replay_still_agrees(tmp_path: P
     bad_sig["sig"] = sign_tx(BOB, 2, [{"op": "set", "key": "c", "value": 3}])["sig"]
     float_value = {
         "body": {
+            "chain_id": CHAIN_ID,
             "client": ALICE.public_key,
             "nonce": 3,
             "ops": [{"op": "set", "key": "d", "value": 1.5}],
         },
         "sig": "00" * 64,
     }
-    no_sig = {"body": {"client": ALICE.public_key, "nonce": 4, "ops": []}}
+    no_sig = {"body": {"chain_id": CHAIN_ID, "client": ALICE.public_key, "nonce": 4, "ops": []}}
     huge = sign_tx(ALICE, 5, [{"op": "set", "key": "e", "value": "x" * 70_000}])
     blocks = [
         [good, Tx.from_wire(extra_field), Tx.from_wire(bad_sig)],

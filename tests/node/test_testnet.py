@@ -7,6 +7,7 @@ import argparse
 import json
 import os
 import random
+import re
 import shlex
 import socket
 import sys
@@ -17,6 +18,7 @@ import pytest
 
 from crypto.hashing import hash_object
 from crypto.keys import load_private_key
+from ledger.genesis import load_genesis
 from node import testnet
 from node.cli import testnet as testnet_command
 from node.config import load_config
@@ -65,11 +67,31 @@ def net_dir(tmp_path: Path, fake_node: None) -> Iterator[Path]:
         testnet.down(directory, grace_s=2.0)
 
 
+def test_every_new_testnet_gets_its_own_chain_id_unless_one_is_given(tmp_path: Path) -> None:
+    ids = {
+        json.loads((testnet.create(tmp_path / f"n{i}", 1, 31_200).genesis).read_text())["chain_id"]
+        for i in range(3)
+    }
+    assert len(ids) == 3
+    # Re-running keeps the chain (the genesis is reused).
+    again = json.loads(testnet.create(tmp_path / "n0", 1, 31_200).genesis.read_text())
+    assert again["chain_id"] in ids
+    named = testnet.create(tmp_path / "named", 1, 31_200, chain_id="my-net.1")
+    assert json.loads(named.genesis.read_text())["chain_id"] == "my-net.1"
+    with pytest.raises(testnet.TestnetError, match="already holds the testnet"):
+        testnet.create(tmp_path / "named", 1, 31_200, chain_id="other")
+    with pytest.raises(testnet.TestnetError, match="--chain-id"):
+        testnet.create(tmp_path / "bad", 1, 31_200, chain_id="Bad Name")
+
+
 def test_create_writes_keys_genesis_and_configs(tmp_path: Path) -> None:
     base = 31_000
     net = testnet.create(tmp_path, 3, base)
     genesis = json.loads((tmp_path / "genesis.json").read_text())
-    assert genesis["chain_id"] == "phalanx-testnet"
+    assert re.fullmatch(r"phalanx-testnet-[0-9a-f]{16}", genesis["chain_id"])
+    assert genesis["fee_per_byte"] == testnet.FEE_PER_BYTE == 1
+    assert testnet.CLIENT_BALANCE >= 10**15  # generously funded: billions of small txs
+    load_genesis(tmp_path / "genesis.json")  # valid
     assert [v["name"] for v in genesis["validators"]] == ["node0", "node1", "node2"]
     client_seed = (tmp_path / "client.key").read_text().strip()
     assert len(client_seed) == 64 and int(client_seed, 16) >= 0
