@@ -12,7 +12,7 @@ Example (JSON; TOML has the same structure)::
       "peers": {"<pubkey hex of node1>": "127.0.0.1:7101", "...": "..."},
       "tick_ms": 10,
       "limits": {"pending_pool_max": 100000, "http_body_max_bytes": 1048576,
-                 "frame_max_bytes": 16777216, "peer_queue_max": 10000},
+                 "frame_max_bytes": 8388608, "peer_queue_max": 10000},
       "batch": {"size_max": 500, "delay_ticks": 1, "pipeline_depth_max": 8},
       "log": {"level": "info", "format": "json", "file": null}
     }
@@ -48,6 +48,7 @@ from pydantic import (
     PlainSerializer,
     ValidationError,
     create_model,
+    model_validator,
 )
 from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict, SettingsError
 from pydantic_settings.sources.utils import parse_env_vars
@@ -114,10 +115,47 @@ class LimitsConfig(_Section):
     http_body_max_bytes: int = Field(
         default=1024 * 1024, ge=1024, description="larger bodies get 413"
     )
-    frame_max_bytes: int = Field(default=16 * 1024 * 1024, ge=1024, le=2**32 - 1)
+    frame_max_bytes: int = Field(
+        default=8 * 1024 * 1024,
+        ge=1024,
+        le=2**32 - 1,
+        description="largest peer message; batches are capped at a quarter of it (at most 4 MiB)",
+    )
     peer_queue_max: int = Field(
         default=10_000, ge=1, description="frames queued per peer; oldest dropped"
     )
+    peer_queue_bytes_max: int = Field(
+        default=32 * 1024 * 1024,
+        ge=2048,
+        description="bytes queued per peer; oldest dropped (at least frame_max_bytes + 4)",
+    )
+    http_connections_max: int = Field(
+        default=1024, ge=1, description="open HTTP connections; more are closed at once"
+    )
+    http_connections_per_ip_max: int = Field(
+        default=64, ge=1, description="open HTTP connections from one address"
+    )
+    http_keepalive_s: float = Field(
+        default=75.0, gt=0, le=3600, description="idle time before a keep-alive is closed"
+    )
+    http_header_timeout_s: float = Field(
+        default=10.0, gt=0, le=600, description="time to send a request's headers"
+    )
+    http_requests_in_flight_per_ip: int = Field(
+        default=16, ge=1, description="requests of one address handled at once; more get 429"
+    )
+    http_txs_per_s_per_ip: float = Field(
+        default=20_000.0, gt=0, description="transactions one address may submit per second"
+    )
+
+    @model_validator(mode="after")
+    def _queue_holds_a_frame(self) -> LimitsConfig:
+        if self.peer_queue_bytes_max < self.frame_max_bytes + 4:
+            raise ValueError(
+                f"peer_queue_bytes_max ({self.peer_queue_bytes_max}) must hold one frame: at "
+                f"least frame_max_bytes + 4 ({self.frame_max_bytes + 4})"
+            )
+        return self
 
 
 class BatchConfig(_Section):
@@ -126,6 +164,14 @@ class BatchConfig(_Section):
         default=1, ge=0, description="the primary cuts a non-full batch after this"
     )
     pipeline_depth_max: int = Field(default=8, ge=1, description="batches in flight at once")
+
+
+class HttpTlsConfig(_Section):
+    """Optional HTTPS for the API: PEM certificate (chain) and private key files. Clients
+    check it with ``phalanx tx --cacert``."""
+
+    cert_file: Path
+    key_file: Path
 
 
 class LogConfig(_Section):
@@ -160,6 +206,7 @@ class NodeConfig(_Section):
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     batch: BatchConfig = Field(default_factory=BatchConfig)
     log: LogConfig = Field(default_factory=LogConfig)
+    http_tls: HttpTlsConfig | None = None  # None: plain HTTP (put it behind TLS elsewhere)
 
     def peer_addresses(self, validators: Iterable[str], me: str) -> dict[str, tuple[str, int]]:
         """The ``validators`` argument of ``PeerNetwork``: every genesis validator with its
@@ -285,12 +332,21 @@ def _resolve_paths(config: NodeConfig, base: Path) -> NodeConfig:
     log = config.log
     if log.file is not None:
         log = log.model_copy(update={"file": resolve(log.file)})
+    http_tls = config.http_tls
+    if http_tls is not None:
+        http_tls = http_tls.model_copy(
+            update={
+                "cert_file": resolve(http_tls.cert_file),
+                "key_file": resolve(http_tls.key_file),
+            }
+        )
     return config.model_copy(
         update={
             "key_file": resolve(config.key_file),
             "data_dir": resolve(config.data_dir),
             "genesis_file": resolve(config.genesis_file),
             "log": log,
+            "http_tls": http_tls,
         }
     )
 

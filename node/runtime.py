@@ -43,6 +43,7 @@ from node.metrics import NodeMetrics
 from node.p2p.block_sync import MESSAGE_TYPES as BLOCK_SYNC_MESSAGES
 from node.p2p.block_sync import BlockSync
 from node.p2p.peers import PeerNetwork
+from node.p2p.guard import PeerGuard, bench_plaintext_links
 from node.pool import Pool
 from node.version import phalanx_version
 
@@ -157,6 +158,13 @@ class NodeRuntime:
             frame_max=config.limits.frame_max_bytes,
             queue_max=config.limits.peer_queue_max,
         )
+            queue_bytes_max=config.limits.peer_queue_bytes_max,
+            insecure_plaintext_links=bench_plaintext_links(),
+        )
+        # Per-peer limits on what peers make the replica and the pool do (node/p2p/guard.py).
+        self.guard = PeerGuard(
+            self.peers.penalize,
+            on_drop=lambda reason: self.metrics.dropped_peer_messages.labels(reason=reason).inc(),
         self.block_sync = BlockSync(
             self.genesis,
             self.store,
@@ -280,8 +288,14 @@ class NodeRuntime:
         if not isinstance(txs, list) or len(txs) > RELAY_CHUNK_MAX:
             self.metrics.dropped_peer_messages.labels(reason="bad_relay").inc()
             return
-        # Relayed transactions are verified like any client's; they are not relayed again.
-        await self.pool.submit(txs, relay=False)
+        if not self.guard.relay_admit(sender, len(txs)):
+            return
+        errors: list[str | None] = []
+        try:
+            # Relayed transactions are verified like any client's; they are not relayed again.
+            errors = [result.error for result in await self.pool.submit(txs, relay=False)]
+        finally:
+            self.guard.relay_done(sender, errors)
 
     def _on_txs_accepted(self, txs: list[Tx], relay: bool) -> None:
         """The pool accepted new, verified transactions: order them, and tell the others."""
@@ -298,6 +312,7 @@ class NodeRuntime:
                 self._tick_pending = True
                 self._put(_Tick(_now_ms()))
 
+            self.peers.penalize(sender, "bad_relay")
     # ---- the replica step -------------------------------------------------------------------
 
     async def _consume(self) -> None:
@@ -321,11 +336,19 @@ class NodeRuntime:
             self._tick_pending = False
             return self.replica.on_tick(event.now_ms)
         if isinstance(event, _PeerMessage):
-            # Verify the transactions a proposal carries in the thread pool first, so the
-            # replica's synchronous check is a cache hit and the loop is not blocked.
-            await self.pool.preverify(_proposed_txs(event.wire))
+            # Verify the transactions of the current primary's proposal in the thread pool
+            # first, so the replica's synchronous check is a cache hit and the loop is not
+            # blocked; nobody else's message gets that work (issue 10).
+            proposed = self.guard.proposal_txs(
+                event.sender, event.wire, self.replica.primary, self.replica.view
+            )
+            if proposed:
+                await self.pool.preverify(proposed)
             self.evidence.observe_message(event.wire)
-            return self.replica.on_message(event.wire)
+            dropped_before = self.replica.dropped.total()
+            output = self.replica.on_message(event.wire)
+            self.guard.charge_drops(event.sender, self.replica.dropped, dropped_before)
+            return output
         if isinstance(event, _Requests):
             return self.replica.on_requests(event.txs)
         return self.replica.on_blocks_fetched(event.committed)
@@ -457,15 +480,6 @@ def _relay_chunks(txs: list[Tx], bytes_max: int) -> list[list[dict[str, Any]]]:
     if chunk:
         chunks.append(chunk)
     return chunks
-
-
-def _proposed_txs(wire: dict[str, Any]) -> list[Any]:
-    """The transactions a peer message proposes (a PRE-PREPARE's batch), else none."""
-    batch = wire.get("batch")
-    if not isinstance(batch, dict):
-        return []
-    txs = batch.get("txs")
-    return txs if isinstance(txs, list) else []
 
 
 def _kind(event: _Event) -> str:

@@ -39,7 +39,7 @@ def test_json_file_with_defaults_and_relative_paths(tmp_path: Path) -> None:
     assert config.peer_listen == HostPort("127.0.0.1", 7100)
     assert config.peers[PK2] == ("localhost", 7102)
     assert config.limits.http_body_max_bytes == 1024 * 1024
-    assert config.limits.frame_max_bytes == 16 * 1024 * 1024
+    assert config.limits.frame_max_bytes == 8 * 1024 * 1024
     assert config.tick_ms == 10 and config.batch.size_max == 500
     assert config.log.level == "info" and config.log.format == "json" and config.log.file is None
 
