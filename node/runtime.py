@@ -42,8 +42,8 @@ from node.evidence import NodeEvidence
 from node.metrics import NodeMetrics
 from node.p2p.block_sync import MESSAGE_TYPES as BLOCK_SYNC_MESSAGES
 from node.p2p.block_sync import BlockSync
-from node.p2p.peers import PeerNetwork
 from node.p2p.guard import PeerGuard, bench_plaintext_links
+from node.p2p.peers import PeerNetwork
 from node.pool import Pool
 from node.version import phalanx_version
 
@@ -157,7 +157,6 @@ class NodeRuntime:
             self._on_peer_frame,
             frame_max=config.limits.frame_max_bytes,
             queue_max=config.limits.peer_queue_max,
-        )
             queue_bytes_max=config.limits.peer_queue_bytes_max,
             insecure_plaintext_links=bench_plaintext_links(),
         )
@@ -165,6 +164,7 @@ class NodeRuntime:
         self.guard = PeerGuard(
             self.peers.penalize,
             on_drop=lambda reason: self.metrics.dropped_peer_messages.labels(reason=reason).inc(),
+        )
         self.block_sync = BlockSync(
             self.genesis,
             self.store,
@@ -287,6 +287,7 @@ class NodeRuntime:
         txs = wire.get("txs")
         if not isinstance(txs, list) or len(txs) > RELAY_CHUNK_MAX:
             self.metrics.dropped_peer_messages.labels(reason="bad_relay").inc()
+            self.peers.penalize(sender, "bad_relay")
             return
         if not self.guard.relay_admit(sender, len(txs)):
             return
@@ -312,7 +313,6 @@ class NodeRuntime:
                 self._tick_pending = True
                 self._put(_Tick(_now_ms()))
 
-            self.peers.penalize(sender, "bad_relay")
     # ---- the replica step -------------------------------------------------------------------
 
     async def _consume(self) -> None:
