@@ -45,10 +45,14 @@ def measure_ed25519(samples: int = 3000) -> tuple[float, float]:
     return t_sign, t_verify
 
 
-def make_transactions(signer: Ed25519Signer, count: int, run_tag: str) -> list[dict[str, Any]]:
+def make_transactions(
+    signer: Ed25519Signer, chain_id: str, count: int, run_tag: str
+) -> list[dict[str, Any]]:
+    """``count`` v2 transactions for the chain ``chain_id``, each setting a key of its own."""
     txs = []
     for i in range(count):
         body = {
+            "chain_id": chain_id,
             "client": signer.public_key,
             "nonce": i,
             "ops": [{"op": "set", "key": f"bench/{run_tag}/{i}", "value": i}],
@@ -116,9 +120,11 @@ async def submit_all(
     return rejected
 
 
-async def idle_latencies(urls: list[str], client: Ed25519Signer, count: int) -> list[float]:
+async def idle_latencies(
+    urls: list[str], client: Ed25519Signer, chain_id: str, count: int
+) -> list[float]:
     """Seconds per ``POST /v1/tx?wait=commit``, one transaction at a time, rotating nodes."""
-    txs = make_transactions(client, count, run_tag=f"idle-{time.time_ns()}")
+    txs = make_transactions(client, chain_id, count, run_tag=f"idle-{time.time_ns()}")
     latencies = []
     async with aiohttp.ClientSession() as session:
         for i, tx in enumerate(txs):
@@ -142,9 +148,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     testnet = json.loads(Path(args.dir, "testnet.json").read_text())
     urls = [node["url"] for node in testnet["nodes"]]
     client = Ed25519Signer(bytes.fromhex(Path(args.dir, "client.key").read_text().strip()))
+    chain_id = json.loads(Path(testnet["genesis"]).read_text())["chain_id"]
 
     t_sign, t_verify = measure_ed25519()
-    txs = make_transactions(client, args.txs, run_tag=str(int(time.time())))
+    txs = make_transactions(client, chain_id, args.txs, run_tag=str(int(time.time())))
     tx_ids = {hash_object(tx["body"]) for tx in txs}
     chunks = [txs[i : i + args.chunk] for i in range(0, len(txs), args.chunk)]
 
@@ -167,7 +174,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     cores = os.cpu_count() or 1
     limit = cores / (t_sign + 4 * t_verify)
     tps = len(committed) / elapsed if committed else 0.0
-    idle = await idle_latencies(urls, client, args.idle_txs)
+    idle = await idle_latencies(urls, client, chain_id, args.idle_txs)
     return {
         "cores": cores,
         "ed25519_sign_per_s": round(1 / t_sign),

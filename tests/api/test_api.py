@@ -314,7 +314,11 @@ def test_blocks(harness: ApiHarness) -> None:
         r = await c.get("/v1/blocks/1")
         assert r.status == 200
         block = await r.json()
-        assert set(block) == {"seq", "hash", "prev_hash", "batch", "txs", "results", "certificate"}
+        assert set(block) == {
+            "seq", "hash", "prev_hash", "batch", "txs", "results", "certificate", "execution"
+        }  # fmt: skip
+        assert block["execution"] == harness.store.execution(1)
+        assert block["execution"]["state_root"] == harness.store.roots(1)[0]
         assert block["prev_hash"] == harness.genesis.genesis_hash
         assert block["txs"] == [dict(t1.wire), dict(t2.wire)]
         assert block["results"] == [
@@ -463,9 +467,9 @@ def test_throwaway_key_flood_is_refused_and_the_ledger_does_not_grow(tmp_path: P
 def test_accounts(harness: ApiHarness) -> None:
     async def scenario(c: Client) -> None:
         r = await c.get(f"/v1/accounts/{ALICE.public_key}")
-        assert await r.json() == {"pubkey": ALICE.public_key, "balance": 1000}
+        assert await r.json() == {"pubkey": ALICE.public_key, "balance": 1000, "seq": 0}
         r = await c.get(f"/v1/accounts/{CAROL.public_key}")
-        assert await r.json() == {"pubkey": CAROL.public_key, "balance": 0}
+        assert await r.json() == {"pubkey": CAROL.public_key, "balance": 0, "seq": 0}
         for bad in ("abc", ALICE.public_key.upper(), "00" * 32, "zz" * 32):
             await _error(await c.get(f"/v1/accounts/{bad}"), 400, "invalid_pubkey")
 

@@ -8,6 +8,7 @@ import socket
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from crypto.keys import load_private_key
 from crypto.signing import Ed25519Signer
 from ledger.genesis import Genesis, load_genesis
 from node import testnet
+from node.client import make_tx
 
 NODES = 4
 
@@ -53,6 +55,10 @@ class Cluster:
 
     def url(self, name: str) -> str:
         return testnet.Testnet.load(self.dir).node(name).url
+
+    def tx(self, ops: Sequence[Mapping[str, Any]], nonce: int | None = None) -> dict[str, Any]:
+        """A v2 transaction of the demo client for this testnet's chain."""
+        return make_tx(self.client, ops, nonce, chain_id=self.genesis.chain_id)
 
     def status(self, name: str) -> dict[str, Any] | None:
         return testnet.fetch_status(self.url(name), timeout_s=2.0)

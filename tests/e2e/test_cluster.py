@@ -11,6 +11,7 @@ import json
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,12 +22,24 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 
 from crypto.signing import Ed25519Signer
-from node.client import Client, cas_op, delete_op, make_tx, set_op, transfer_op, tx_id_of
+from node import testnet
+from node.client import (
+    Client,
+    cas_op,
+    chown_op,
+    delete_op,
+    fee_of,
+    make_tx,
+    set_op,
+    transfer_op,
+    tx_id_of,
+)
 from tests.e2e.cluster import Cluster, http_json, start_cluster
 
 pytestmark = pytest.mark.e2e
 
 COMMIT_TIMEOUT_MS = 20_000
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +53,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 
 def _commit(cluster: Cluster, node: str, ops: list[dict[str, Any]]) -> dict[str, Any]:
     """Submit through ``node``, wait for the commit, verify the receipt; return it."""
-    tx = make_tx(cluster.client, ops)
+    tx = cluster.tx(ops)
     answer = Client(cluster.url(node)).submit(tx, wait=True, timeout_ms=COMMIT_TIMEOUT_MS)
     assert answer["status"] == "committed", answer
     receipt: dict[str, Any] = answer["receipt"]
@@ -71,7 +84,7 @@ def test_every_op_kind_commits_with_a_receipt_that_verifies(cluster: Cluster) ->
 
 
 def test_a_batch_of_transactions_commits_on_every_node(cluster: Cluster) -> None:
-    txs = [make_tx(cluster.client, [set_op(f"batch/{i}", i)]) for i in range(300)]
+    txs = [cluster.tx([set_op(f"batch/{i}", i)]) for i in range(300)]
     answers = Client(cluster.url("node2")).submit_many(txs)
     assert [a.get("status") for a in answers] == ["pending"] * len(txs)
     last = Client(cluster.url("node2")).wait_for_receipt(tx_id_of(txs[-1]), timeout_s=30)
@@ -86,7 +99,7 @@ def test_large_transactions_commit(cluster: Cluster) -> None:
     frame), relayed, batched and committed everywhere. How they are cut into batches depends on
     timing; the byte bound on batches itself is tested on the replica."""
     filler = "x" * 60_000
-    txs = [make_tx(cluster.client, [set_op(f"large/{i}", filler)]) for i in range(300)]
+    txs = [cluster.tx([set_op(f"large/{i}", filler)]) for i in range(300)]
     client = Client(cluster.url("node1"))
     for start in range(0, len(txs), 15):  # 15 of them stay under the 1 MiB body limit
         answers = client.submit_many(txs[start : start + 15])
@@ -98,11 +111,11 @@ def test_large_transactions_commit(cluster: Cluster) -> None:
 
 def _bad_requests(cluster: Cluster) -> list[tuple[str, str, bytes, int]]:
     """(method, path, raw body, expected status) for each bad input the spec names."""
-    good = make_tx(cluster.client, [set_op("never", 1)])
+    good = cluster.tx([set_op("never", 1)])
     forged = json.loads(json.dumps(good))
     forged["body"]["ops"][0]["value"] = 2  # the signature no longer covers the body
     unknown_field = {**good, "extra": 1}
-    with_float = make_tx(cluster.client, [set_op("f", 1)])
+    with_float = cluster.tx([set_op("f", 1)])
     raw_float = json.dumps(with_float).replace('"value": 1', '"value": 1.5').encode()
     over_1_mib = json.dumps({"body": {"pad": "x" * (1 << 20)}, "sig": ""}).encode()
     too_many = json.dumps([good] * 1001).encode()
@@ -147,13 +160,82 @@ def test_each_bad_input_gets_its_4xx_and_the_node_keeps_serving(cluster: Cluster
 def test_a_replayed_transaction_is_answered_with_its_receipt_and_not_executed_again(
     cluster: Cluster,
 ) -> None:
-    tx = make_tx(cluster.client, [transfer_op(Ed25519Signer.generate().public_key, 1)])
+    tx = cluster.tx([transfer_op(Ed25519Signer.generate().public_key, 1)])
     client = Client(cluster.url("node0"))
     first = client.submit(tx, wait=True, timeout_ms=COMMIT_TIMEOUT_MS)
     again = Client(cluster.url("node3")).submit(tx, wait=True, timeout_ms=COMMIT_TIMEOUT_MS)
     assert again["status"] == "committed"
     assert again["receipt"]["seq"] == first["receipt"]["seq"]
     assert again["receipt"]["index"] == first["receipt"]["index"]
+
+
+def test_owners_fees_and_other_chains_on_real_nodes(cluster: Cluster) -> None:
+    """Spec §3 through four real processes: a fresh key cannot pay, so its flood is refused at
+    admission and nothing is ordered; once funded it pays the exact fee, cannot overwrite a key
+    it does not own, and writes once the owner hands the key over; another chain's transaction
+    is refused by every node."""
+    bob = Ed25519Signer.generate()
+    fee_per_byte = cluster.genesis.fee_per_byte
+    assert fee_per_byte >= 1
+    chain = cluster.genesis.chain_id
+    first = _commit(cluster, "node0", [set_op("owned", "by the demo client")])
+    head = cluster.wait_same_head([n.name for n in cluster.nodes], min_seq=first["seq"])
+
+    flood = [
+        make_tx(bob, [set_op(f"spam/{i}", "x" * 2_000)], i, chain_id=chain) for i in range(300)
+    ]
+    for node in cluster.nodes:
+        answers = Client(node.url).submit_many(flood)
+        assert {a.get("error") for a in answers} == {"insufficient_fee"}, answers[:2]
+    time.sleep(1.0)  # had anything been admitted, it would be ordered by now
+    assert {(cluster.status(n.name) or {}).get("seq") for n in cluster.nodes} == {head}
+
+    other = make_tx(cluster.client, [set_op("owned", "elsewhere")], chain_id="other-net")
+    for node in cluster.nodes:
+        status, body = http_json("POST", node.url + "/v1/tx", raw=json.dumps(other).encode())
+        assert (status, body["error"]) == (400, "wrong_chain"), body
+
+    _commit(cluster, "node1", [transfer_op(bob.public_key, 1_000_000)])
+    hijack = make_tx(bob, [set_op("owned", "hijacked")], chain_id=chain)
+    answer = Client(cluster.url("node2")).submit(hijack, wait=True, timeout_ms=COMMIT_TIMEOUT_MS)
+    assert answer["receipt"]["result"] == {"ok": False, "error": "forbidden"}
+    Client.verify_receipt(answer["receipt"], cluster.genesis, tx_id_of(hijack))
+    bob_balance = Client(cluster.url("node2")).balance(bob.public_key)
+    assert bob_balance == 1_000_000 - fee_of(hijack, fee_per_byte)  # a failure still pays
+
+    _commit(cluster, "node3", [chown_op("owned", bob.public_key)])
+    mine = make_tx(bob, [set_op("owned", "bob's now")], chain_id=chain)
+    answer = Client(cluster.url("node0")).submit(mine, wait=True, timeout_ms=COMMIT_TIMEOUT_MS)
+    assert answer["receipt"]["result"] == {"ok": True, "error": None}
+    back = cluster.tx([set_op("owned", "mine again")])
+    answer = Client(cluster.url("node1")).submit(back, wait=True, timeout_ms=COMMIT_TIMEOUT_MS)
+    assert answer["receipt"]["result"]["error"] == "forbidden"
+    seq = cluster.wait_same_head([n.name for n in cluster.nodes], min_seq=answer["receipt"]["seq"])
+    assert seq >= answer["receipt"]["seq"]
+    for node in cluster.nodes:
+        state = Client(node.url).state("owned")
+        assert state is not None and state["owner"] == bob.public_key
+        assert state["value"] == "bob's now"
+
+
+def test_a_second_node_process_on_a_locked_data_dir_exits_1(cluster: Cluster) -> None:
+    """Two processes on one data directory would sign as one validator: the second is refused
+    before it opens the ledger, names the first, and the first keeps committing."""
+    config = cluster.dir / "node1" / "config.json"
+    holder = testnet.Testnet.load(cluster.dir).node("node1").pid
+    second = subprocess.run(
+        [sys.executable, "-m", "node.cli", "node", "run", "--config", str(config)],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert second.returncode == 1, second.stdout + second.stderr
+    assert "in use by another process" in second.stderr
+    assert f"pid {holder}" in second.stderr
+    receipt = _commit(cluster, "node1", [set_op("still-one-node1", 1)])
+    cluster.wait_same_head([n.name for n in cluster.nodes], min_seq=receipt["seq"])
+    assert testnet.is_running(holder or 0)
 
 
 def test_garbage_on_a_peer_port_is_cut_off_and_the_node_keeps_committing(

@@ -25,7 +25,7 @@ from consensus.batch import block_hash
 from crypto.hashing import hash_object
 from ledger.store import LedgerStore
 from node import testnet
-from node.client import Client, ClientError, make_tx, set_op, tx_id_of
+from node.client import Client, ClientError, set_op, tx_id_of
 from tests.e2e.cluster import Cluster, start_cluster
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -72,7 +72,7 @@ def statuses(cluster: Cluster) -> dict[str, dict[str, Any] | None]:
 
 def commit_one(cluster: Cluster, via: str, key: str, timeout_ms: int = 20_000) -> dict[str, Any]:
     """Submit one transaction through ``via`` and wait for its verified receipt."""
-    tx = make_tx(cluster.client, [set_op(key, key)])
+    tx = cluster.tx([set_op(key, key)])
     answer = Client(cluster.url(via)).submit(tx, wait=True, timeout_ms=timeout_ms)
     assert answer["status"] == "committed", f"{key} not committed through {via}: {answer}"
     receipt: dict[str, Any] = answer["receipt"]
@@ -86,7 +86,7 @@ def submit_bulk(cluster: Cluster, via: str, count: int, prefix: str) -> list[str
     tx_ids: list[str] = []
     for start in range(0, count, SUBMIT_CHUNK_MAX):
         txs = [
-            make_tx(cluster.client, [set_op(f"{prefix}/{i}", i)], nonce=i)
+            cluster.tx([set_op(f"{prefix}/{i}", i)], nonce=i)
             for i in range(start, min(count, start + SUBMIT_CHUNK_MAX))
         ]
         for _ in range(100):
@@ -167,9 +167,7 @@ class Load:
                 time.sleep(0.05)
                 continue
             name = rng.choice(up)
-            tx = make_tx(
-                self.cluster.client, [set_op(f"{self.prefix}/{worker}/{i}", i)], nonce=None
-            )
+            tx = self.cluster.tx([set_op(f"{self.prefix}/{worker}/{i}", i)], nonce=None)
             try:
                 answer = Client(urls[name], timeout_s=5).submit(
                     tx, wait=True, timeout_ms=COMMIT_WAIT_MS

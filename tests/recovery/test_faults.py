@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from node.client import Client, make_tx, set_op, tx_id_of
+from node.client import Client, set_op, tx_id_of
 from tests.e2e.cluster import Cluster
 from tests.recovery import harness
 
@@ -26,7 +26,7 @@ def test_two_of_four_down_no_commits_no_view_change_storm_then_resume(cluster: C
     head = harness.commit_one(cluster, "node2", "before")["seq"]
     cluster.kill("node0")
     cluster.kill("node1")
-    tx = make_tx(cluster.client, [set_op("stuck", 1)])
+    tx = cluster.tx([set_op("stuck", 1)])
     assert Client(cluster.url("node2")).submit(tx)["status"] == "pending"
 
     views: dict[str, list[int]] = {"node2": [], "node3": []}
