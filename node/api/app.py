@@ -47,6 +47,7 @@ from ledger.store import StoreError
 from node.api.events import CommitWaiters, EventHub, TooManyWaiters
 from node.api.evidence import EvidenceSource, register_evidence_routes
 from node.api.openapi import openapi_document
+from node.api.operator import OperatorContext, register_operator_routes
 from node.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from node.metrics import NodeMetrics
 from node.pool import POOL_FULL, STATUS_COMMITTED, STATUS_PENDING, SubmitResult
@@ -128,6 +129,7 @@ class ApiContext:
     metrics: NodeMetrics | None = None
     body_max_bytes: int = BODY_MAX_BYTES_DEFAULT
     sse_keepalive_s: float = SSE_KEEPALIVE_S_DEFAULT
+    operator: OperatorContext | None = None  # health, peers, dashboard (node.api.operator)
     evidence: EvidenceSource | None = None  # GET /v1/evidence (node.api.evidence)
 
 
@@ -159,6 +161,7 @@ def create_app(context: ApiContext) -> web.Application:
     app.router.add_get("/metrics", get_metrics)
     app.router.add_get("/openapi.json", get_openapi)
     register_evidence_routes(app, context.evidence)
+    register_operator_routes(app, context.operator)
     app.on_shutdown.append(_on_shutdown)
     return app
 

@@ -211,8 +211,15 @@ def _schemas() -> dict[str, Any]:
                 "stable_checkpoint": _UINT,
                 "n": {"type": "integer", "minimum": 1},
                 "f": _UINT,
+                "version": {"type": "string", "description": "phalanx --version of the node"},
+                "catching_up": {
+                    "type": "boolean",
+                    "description": "fetching committed blocks from the peers",
+                },
+                "peers_connected": {**_UINT, "description": "validators linked to now"},
             }
         ),
+        **_operator_schemas(),
         "BlockEvent": _obj(
             {
                 "seq": _SEQ,
@@ -221,6 +228,179 @@ def _schemas() -> dict[str, Any]:
                 "tx_ids": {"type": "array", "items": _ref("Hash")},
             },
             "The data of one `block` event of GET /v1/events.",
+        ),
+    }
+
+
+def _operator_schemas() -> dict[str, Any]:
+    """The answers of node/api/operator.py (spec §8: health, peers, validators, blocks)."""
+    nullable_uint = {**_UINT, "nullable": True}
+    return {
+        "Health": {
+            "type": "object",
+            "properties": {
+                "status": {"type": "string", "enum": ["ok", "unhealthy"]},
+                "reasons": {
+                    "type": "array",
+                    "items": {"type": "string"},
+                    "description": "'<code>: <sentence>'; code not_enough_peers, catching_up, "
+                    "halted or diverged",
+                },
+            },
+            "required": ["status"],
+            "additionalProperties": False,
+        },
+        "Peer": _obj(
+            {
+                "name": {"type": "string"},
+                "pubkey": _ref("PublicKey"),
+                "address": {"type": "string", "nullable": True, "description": "HOST:PORT"},
+                "connected": {"type": "boolean"},
+                "head_seq": {**nullable_uint, "description": "its last announced head"},
+                "last_seen_ms": {**nullable_uint, "description": "unix ms of its last frame"},
+            }
+        ),
+        "Validators": _obj(
+            {
+                "chain_id": {"type": "string"},
+                "genesis_hash": _ref("Hash"),
+                "n": {"type": "integer", "minimum": 1},
+                "f": _UINT,
+                "q": {"type": "integer", "minimum": 1},
+                "validators": {
+                    "type": "array",
+                    "items": _obj({"name": {"type": "string"}, "pubkey": _ref("PublicKey")}),
+                },
+            }
+        ),
+        "BlockSummary": _obj(
+            {"seq": _SEQ, "hash": _ref("Hash"), "time_ms": _UINT, "tx_count": _UINT}
+        ),
+        "BlockList": _obj(
+            {
+                "blocks": {"type": "array", "items": _ref("BlockSummary"), "maxItems": 1000},
+                "next_from_seq": {
+                    **_SEQ,
+                    "nullable": True,
+                    "description": "the seq after the last listed; null: the head was reached",
+                },
+            }
+        ),
+        "Dashboard": {
+            "type": "object",
+            "description": "What the dashboard page polls (not in the spec): this node's "
+            "status and health, each validator's last node-status report, per-second series.",
+            "properties": {
+                "status": {"type": "object", "description": "Status, plus healthy"},
+                "health": _ref("Health"),
+                "validators": {"type": "array", "items": {"type": "object"}},
+                "series": {"type": "array", "items": {"type": "object"}},
+            },
+            "required": ["status", "health", "validators", "series"],
+        },
+    }
+
+
+def _operator_paths() -> dict[str, Any]:
+    def get(op_id: str, summary: str, responses: dict[str, Any], **more: Any) -> dict[str, Any]:
+        return {"get": {"operationId": op_id, "summary": summary, "responses": responses, **more}}
+
+    html = {"text/html": {"schema": {"type": "string"}}}
+    return {
+        "/v1/health": get(
+            "getHealth",
+            "200 when running, linked to q - 1 peers, not catching up, not halted/diverged",
+            {
+                **_ok("healthy", _ref("Health")),
+                "503": {"description": "unhealthy", "content": _json_content(_ref("Health"))},
+                **_E400,
+                **_E406,
+            },
+        ),
+        "/v1/peers": get(
+            "getPeers",
+            "Every other validator, its address and link",
+            {**_ok("peers", {"type": "array", "items": _ref("Peer")}), **_E400, **_E406},
+        ),
+        "/v1/validators": get(
+            "getValidators",
+            "The validator set of the genesis",
+            {**_ok("validators", _ref("Validators")), **_E400, **_E406},
+        ),
+        "/v1/genesis": get(
+            "getGenesis",
+            "The genesis document (spec §2)",
+            {**_ok("genesis", {"type": "object"}), **_E400, **_E406},
+        ),
+        "/v1/blocks": get(
+            "listBlocks",
+            "Block summaries, ascending from from_seq",
+            {**_ok("a page of summaries", _ref("BlockList")), **_E400, **_E406},
+            parameters=[
+                {
+                    "name": "from_seq",
+                    "in": "query",
+                    "required": False,
+                    "schema": {**_SEQ, "default": 1},
+                },
+                {
+                    "name": "limit",
+                    "in": "query",
+                    "required": False,
+                    "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
+                },
+            ],
+        ),
+        "/v1/dashboard": get(
+            "getDashboard",
+            "The dashboard's data (implementation-specific)",
+            {**_ok("cluster view", _ref("Dashboard")), **_E400, **_E406},
+        ),
+        "/v1/dashboard/block/{seq}": get(
+            "getDashboardBlock",
+            "A block with its transactions' ids (implementation-specific, for the dashboard)",
+            {
+                **_ok(
+                    "block and tx ids",
+                    _obj(
+                        {
+                            "block": _ref("Block"),
+                            "tx_ids": {"type": "array", "items": _ref("Hash")},
+                        }
+                    ),
+                ),
+                **_E400,
+                **_E404,
+                **_E406,
+            },
+            parameters=[_path_param("seq", _SEQ, "sequence number")],
+        ),
+        "/": get(
+            "getDashboardPage",
+            "The dashboard page (HTML, no build step)",
+            {"200": {"description": "the page", "content": html}},
+        ),
+        "/dashboard/{file}": get(
+            "getDashboardFile",
+            "The dashboard's static files (dashboard.js, dashboard.css)",
+            {
+                "200": {
+                    "description": "the file",
+                    "content": {
+                        "text/javascript": {"schema": {"type": "string"}},
+                        "text/css": {"schema": {"type": "string"}},
+                        **html,
+                    },
+                },
+                **_E404,
+            },
+            parameters=[
+                _path_param(
+                    "file",
+                    {"type": "string", "pattern": "^[a-z]+[.](js|css|html)$", "maxLength": 64},
+                    "a file name",
+                )
+            ],
         ),
     }
 

@@ -19,6 +19,8 @@ from ledger.state_machine import ChainRules
 from ledger.store import LedgerStore
 from node.api.app import ApiContext, create_app
 from node.api.events import CommitWaiters, EventHub
+from node.api.operator import OperatorContext
+from node.consensus_log import PeerTracker
 from node.metrics import NodeMetrics
 from node.pool import Pool
 from node.runtime import execute_block
@@ -63,6 +65,19 @@ class ApiHarness:
             waiters=self.waiters,
             metrics=self.metrics,
             sse_keepalive_s=sse_keepalive_s,
+            # The operator endpoints as a node linked to every peer sees them.
+            operator=OperatorContext(
+                genesis=self.genesis,
+                pubkey=VALIDATORS[0].public_key,
+                peer_addresses={
+                    v.public_key: f"127.0.0.1:{7101 + i}" for i, v in enumerate(VALIDATORS[1:])
+                },
+                connected=lambda: [v.public_key for v in VALIDATORS[1:]],
+                catching_up=lambda: False,
+                tracker=PeerTracker([v.public_key for v in VALIDATORS[1:]]),
+                series=self.metrics.series,
+                pool_size=lambda: len(self.pool),
+            ),
         )
 
     def status(self) -> dict[str, Any]:
@@ -78,6 +93,9 @@ class ApiHarness:
             "stable_checkpoint": 0,
             "n": self.genesis.n,
             "f": self.genesis.f,
+            "version": "0.1.0",
+            "catching_up": False,
+            "peers_connected": self.genesis.n - 1,
         }
 
     def app(self) -> web.Application:

@@ -36,6 +36,9 @@ def test_openapi_document_is_valid_openapi_3() -> None:
         ("GET", "/v1/blocks/{seq}"), ("GET", "/v1/state/{key}"), ("GET", "/v1/accounts/{pubkey}"),
         ("GET", "/v1/status"), ("GET", "/v1/events"), ("GET", "/metrics"),
         ("GET", "/openapi.json"), ("GET", "/v1/evidence"),
+        ("GET", "/v1/health"), ("GET", "/v1/peers"), ("GET", "/v1/validators"),
+        ("GET", "/v1/genesis"), ("GET", "/v1/blocks"), ("GET", "/v1/dashboard"),
+        ("GET", "/v1/dashboard/block/{seq}"), ("GET", "/"), ("GET", "/dashboard/{file}"),
     }  # fmt: skip
 
 
