@@ -174,6 +174,7 @@ def test_dashboard_page_and_static_files(harness: ApiHarness) -> None:
 
 def test_without_operator_context_the_routes_are_absent(tmp_path: Path) -> None:
     harness = ApiHarness(tmp_path / "data")
+    harness.context.operator = None
     try:
 
         async def scenario(client: TestClient[Any, Any]) -> None:
