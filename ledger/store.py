@@ -48,7 +48,8 @@ such lock.
 Damage: LMDB has no checksums, and mapping a truncated ``data.mdb`` kills the process with
 SIGBUS. Before the writer opens the file, its size is checked against LMDB's meta pages; once
 open, the head record, the hash chain of the last blocks, the contents of the very last ones and
-the head's certificate are checked (:meth:`LedgerStore.check_recent`). Any damage found is a
+the head's certificate are checked, and every consensus record (``ledger.records_check``: its
+signatures, a batch against its header) (:meth:`LedgerStore.check_recent`). Any damage found is a
 :class:`StoreError` that names it; ``phalanx audit`` checks everything else.
 
 Map size: starts at ``map_size`` and doubles on ``MapFullError``: the whole block's write
@@ -75,10 +76,12 @@ from crypto.canonical import canonical_json
 from crypto.hashing import hash_object
 from crypto.hexcodec import HASH_HEX_LEN, KEY_HEX_LEN, is_hex
 from crypto.merkle import merkle_root
+from crypto.signing import Ed25519Verifier
 from ledger.datadir_lock import DataDirLock, DataDirLocked
 from ledger.execution import results_root
 from ledger.genesis import Genesis, genesis_from_document
 from ledger.receipt import build_receipt, verify_certificate
+from ledger.records_check import check_records, first_problem
 from ledger.state_machine import ChainRules, Entry, execute_batch
 from ledger.state_tree import (
     Lookup,
@@ -88,6 +91,7 @@ from ledger.state_tree import (
     data_hash,
     kv_leaf_data,
     kv_path,
+    root_of,
 )
 
 FORMAT_VERSION = b"2"  # 2: state entries carry their owner, the genesis its fee_per_byte
@@ -293,6 +297,16 @@ class _LmdbState:
         self._txn.put(bytes.fromhex(tx_id), location, db=self._tx_index)
 
 
+def genesis_state_root(genesis: Genesis) -> str:
+    """The state root before block 1: the genesis balances."""
+    changes: dict[bytes, bytes] = {
+        balance_path(k): data_hash(balance_leaf_data(k, v))
+        for k, v in genesis.accounts.items()
+        if v
+    }
+    return root_of(changes).hex()
+
+
 class _LmdbNodes:
     """The state tree's :class:`~ledger.state_tree.NodeStore` over an LMDB transaction."""
 
@@ -360,7 +374,7 @@ class LedgerSnapshot:
         """``(state_root, results_root)`` this node computed for block ``seq``; the state root
         of the genesis state for seq 0; None beyond the head."""
         if seq == 0:
-            return self.state_root(), results_root([], [])
+            return genesis_state_root(self.genesis), results_root([], [])
         data = self._txn.get(_seq8(seq), db=self._dbs["block_roots"])
         if data is None:
             return None
@@ -763,6 +777,16 @@ class LedgerStore:
         try:
             with self.snapshot() as snap:
                 problem = _recent_damage(snap, chain_max, content_max)
+                if problem is None:
+                    # Every consensus record too: a node must not sign from a damaged one.
+                    problem = first_problem(
+                        check_records(
+                            snap.load_records(),
+                            snap.genesis.chain_id,
+                            snap.genesis.validator_keys,
+                            Ed25519Verifier(),
+                        )
+                    )
         except StoreError:
             raise
         except _DAMAGE_ERRORS as exc:
@@ -845,6 +869,18 @@ class LedgerStore:
 
     def execution(self, seq: int) -> dict[str, Any] | None:
         return self._read(lambda s: s.execution(seq))
+
+    def proven_state(self, key: str) -> dict[str, Any]:
+        return self._read(lambda s: s.proven_state(key))
+
+    def proven_balance(self, pubkey: str) -> dict[str, Any]:
+        return self._read(lambda s: s.proven_balance(pubkey))
+
+    def account(self, pubkey: str) -> dict[str, Any]:
+        """``{"pubkey", "balance", "seq"}``: the balance as of the executed block ``seq``."""
+        return self._read(
+            lambda s: {"pubkey": pubkey, "balance": s.balance(pubkey), "seq": s.head()[0]}
+        )
 
     def roots(self, seq: int) -> tuple[str, str] | None:
         return self._read(lambda s: s.roots(seq))

@@ -177,6 +177,12 @@ class NodeMetrics:
             ["reason"],
             registry=r,
         )
+        self.execution_conflicts = Counter(
+            "phalanx_execution_vote_conflicts",
+            "Execution votes that conflict with the block's certified roots, by validator",
+            ["validator"],
+            registry=r,
+        )
         for reason in VIEW_CHANGE_REASONS:
             self.view_change_starts.labels(reason=reason)
         for reason in KNOWN_DROP_REASONS:

@@ -21,8 +21,6 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from aiohttp import web
-
 from consensus.batch import Tx
 from consensus.errors import InvariantViolation
 from consensus.output import Committed, Output
@@ -35,10 +33,13 @@ from ledger.state_machine import ChainRules
 from ledger.store import LedgerStore, StoreError
 from node.api.app import ApiContext, create_app
 from node.api.events import CommitWaiters, EventHub
+from node.api.limits import HttpServer, http_limits, http_ssl, start_http
 from node.api.operator import OperatorContext
 from node.config import ConfigError, NodeConfig
 from node.consensus_log import STATUS_MESSAGE, ConsensusLog, PeerTracker, ReplicaState
 from node.evidence import NodeEvidence
+from node.execution_votes import EXECUTION_VOTE, Divergence, ExecutionVotes
+from node.io_metrics import IoMetrics
 from node.metrics import NodeMetrics
 from node.p2p.block_sync import MESSAGE_TYPES as BLOCK_SYNC_MESSAGES
 from node.p2p.block_sync import BlockSync
@@ -117,6 +118,7 @@ class NodeRuntime:
             view_change_timeout_ticks=max(10, VIEW_CHANGE_TIMEOUT_MS // config.tick_ms),
         )
         self.metrics = NodeMetrics()
+        self.io_metrics = IoMetrics(self.metrics.registry)
         # Conflicting signed statements seen from validators (spec §7; node/evidence.py).
         self.evidence = NodeEvidence(self.genesis, self.store, self.metrics.registry)
         self.pool = Pool(
@@ -175,6 +177,18 @@ class NodeRuntime:
             preverify=self.pool.preverify,
             tx_checker=self.pool.tx_checker,
         )
+        self.execution = ExecutionVotes(
+            self.genesis,
+            self.signer,
+            self.store,
+            broadcast=self.peers.broadcast,
+            send=self.peers.send,
+            on_drop=lambda reason: self.metrics.dropped_peer_messages.labels(reason=reason).inc(),
+            on_conflict=lambda validator: self.metrics.execution_conflicts.labels(
+                validator=validator
+            ).inc(),
+            on_diverged=self._on_diverged,
+        )
         self.waiters = CommitWaiters()
         self.events = EventHub()
         # Why the node stopped serving, if it did; /v1/health reports them (node.api.operator).
@@ -201,7 +215,7 @@ class NodeRuntime:
         self._inbox: asyncio.Queue[_Event] = asyncio.Queue()  # bounded in _put
         self._tick_pending = False
         self._stopping = asyncio.Event()
-        self._runner: web.AppRunner | None = None
+        self._http: HttpServer | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
     # ---- life cycle -------------------------------------------------------------------------
@@ -226,16 +240,20 @@ class NodeRuntime:
     async def _start(self) -> None:
         await self.peers.start()
         app = create_app(self._api_context())
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await self._runner.setup()
         host, port = self.config.http_listen
-        await web.TCPSite(self._runner, host, port).start()
+        # Connection caps, timeouts, per-client limits, optional HTTPS (node/api/limits.py).
+        self._http = await start_http(
+            app, host, port, http_limits(self.config), self.io_metrics, http_ssl(self.config)
+        )
         self._tasks = [
             asyncio.create_task(self._consume(), name="replica"),
             asyncio.create_task(self._tick_loop(), name="ticker"),
             asyncio.create_task(self._operator_loop(), name="operator"),
         ]
         self.block_sync.start()
+        # Our votes for the last blocks without a certificate (lost if we stopped before q
+        # votes arrived), once the peer links had a moment to come up.
+        self._spawn(self._resend_execution_votes())
         head_seq, head_hash = self.store.head()
         _log.info(
             "node_started",
@@ -253,8 +271,8 @@ class NodeRuntime:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.block_sync.stop()
-        if self._runner is not None:
-            await self._runner.cleanup()
+        if self._http is not None:
+            await self._http.stop()
         await self.peers.stop()
         self.pool.close()
         self.store.close()
@@ -278,6 +296,9 @@ class NodeRuntime:
         kind = wire.get("type")
         if kind == RELAY:
             self._spawn(self._on_relay(sender, wire))
+        elif kind == EXECUTION_VOTE:
+            self.evidence.observe_execution_vote(wire)
+            self.execution.on_message(sender, wire)
         elif kind in BLOCK_SYNC_MESSAGES:
             self.block_sync.on_message(sender, wire)
         else:
@@ -373,6 +394,18 @@ class NodeRuntime:
 
     def _execute(self, committed: Committed) -> None:
         execute_block(committed, self.store, self.pool, self.waiters, self.events, self.metrics)
+        seq, block_hash = self.store.head()
+        roots = self.store.roots(seq)
+        if roots is None:
+            raise RuntimeError(f"block {seq} was executed but the ledger holds no roots for it")
+        self.execution.on_executed(seq, block_hash, *roots)
+
+    async def _resend_execution_votes(self) -> None:
+        await asyncio.sleep(1.0)
+        self.execution.start()
+
+    def _on_diverged(self, divergence: Divergence) -> None:
+        self.diverged_reason = divergence.detail()
 
     # ---- what the API sees ------------------------------------------------------------------
 
@@ -384,6 +417,7 @@ class NodeRuntime:
             connected = self.peers.connected_peers()
             fetcher = self.block_sync.fetcher
             self.metrics.observe_peers(len(connected))
+            self.io_metrics.observe_links(self.peers.metrics)
             self.consensus_log.poll(
                 connected,
                 fetcher.active,
@@ -418,6 +452,7 @@ class NodeRuntime:
             body_max_bytes=self.config.limits.http_body_max_bytes,
             operator=self._operator,
             evidence=self.evidence.all,
+            execution=self.execution,
         )
 
     def _status(self) -> dict[str, Any]:

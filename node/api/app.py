@@ -35,6 +35,7 @@ from crypto.canonical import MAX_SAFE_INTEGER, CanonicalJsonError, parse_json
 from crypto.hashing import hash_object
 from crypto.hexcodec import HASH_HEX_LEN, KEY_HEX_LEN, is_hex
 from crypto.signing import is_valid_public_key
+from ledger.store import StoreError
 from ledger.transaction import (
     BAD_SIGNATURE,
     BODY_BYTES_MAX,
@@ -43,9 +44,9 @@ from ledger.transaction import (
     TOO_LARGE,
     WRONG_CHAIN,
 )
-from ledger.store import StoreError
 from node.api.events import CommitWaiters, EventHub, TooManyWaiters
 from node.api.evidence import EvidenceSource, register_evidence_routes
+from node.api.limits import BodyTooComplex, charge_txs, limited_response, parse_body
 from node.api.openapi import openapi_document
 from node.api.operator import OperatorContext, register_operator_routes
 from node.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -108,6 +109,27 @@ class StoreReader(Protocol):
 
     def balance(self, pubkey: str) -> int: ...
 
+    def account(self, pubkey: str) -> dict[str, Any]: ...
+
+    def tx_location(self, tx_id: str) -> tuple[int, int] | None: ...
+
+    def execution(self, seq: int) -> dict[str, Any] | None: ...
+
+    def proven_state(self, key: str) -> dict[str, Any]: ...
+
+    def proven_balance(self, pubkey: str) -> dict[str, Any]: ...
+
+
+class ExecutionPort(Protocol):
+    """Execution certificates as the API waits for them (``node.execution_votes`` is one)."""
+
+    async def wait_certified(self, seq: int, timeout_s: float) -> dict[str, Any] | None: ...
+
+    async def wait_executed(self, seq: int, timeout_s: float) -> bool: ...
+
+    @property
+    def diverged(self) -> Any: ...
+
 
 class PoolPort(Protocol):
     """The pending pool as the API uses it (``node.pool.Pool`` is one)."""
@@ -131,6 +153,9 @@ class ApiContext:
     sse_keepalive_s: float = SSE_KEEPALIVE_S_DEFAULT
     operator: OperatorContext | None = None  # health, peers, dashboard (node.api.operator)
     evidence: EvidenceSource | None = None  # GET /v1/evidence (node.api.evidence)
+    # Execution certificates (wait=commit, proven reads, divergence); None: receipts and proofs
+    # carry what the ledger holds, nothing is waited for.
+    execution: ExecutionPort | None = None
 
 
 CONTEXT: web.AppKey[ApiContext] = web.AppKey("phalanx_api_context", ApiContext)
@@ -160,8 +185,8 @@ def create_app(context: ApiContext) -> web.Application:
     app.router.add_get("/v1/events", get_events, allow_head=False)
     app.router.add_get("/metrics", get_metrics)
     app.router.add_get("/openapi.json", get_openapi)
-    register_evidence_routes(app, context.evidence)
     register_operator_routes(app, context.operator)
+    register_evidence_routes(app, context.evidence)
     app.on_shutdown.append(_on_shutdown)
     return app
 
@@ -299,6 +324,15 @@ def _parse(data: bytes, code: str) -> Any:
         raise ApiError(400, code, "the JSON nests too deeply") from exc
 
 
+async def _parse_request(request: web.Request, data: bytes, code: str) -> Any:
+    """:func:`_parse` off the event loop, after a bound on the body's JSON structure
+    (node.api.limits): a body of a million ``{}`` cost the loop half a second."""
+    try:
+        return await parse_body(request, data, lambda body: _parse(body, code))
+    except BodyTooComplex as exc:
+        raise ApiError(413, TOO_LARGE, str(exc)) from exc
+
+
 def _tx_id_param(request: web.Request) -> str:
     tx_id = request.match_info["tx_id"]
     if not is_hex(tx_id, HASH_HEX_LEN):
@@ -320,7 +354,8 @@ async def post_tx(request: web.Request) -> web.Response:
     if timeout_ms is not None and wait is None:
         raise ApiError(400, "invalid_query", "timeout_ms is only meaningful with wait=commit")
     context = _context(request)
-    wire = _parse(await _read_body(request, TX_BYTES_MAX), MALFORMED)
+    _check_not_diverged(context)
+    wire = await _parse_request(request, await _read_body(request, TX_BYTES_MAX), MALFORMED)
     (result,) = await context.pool.submit([wire])
     if result.error is not None:
         raise ApiError(
@@ -338,6 +373,21 @@ async def post_tx(request: web.Request) -> web.Response:
 
 
 async def _wait_for_commit(context: ApiContext, tx_id: str, timeout_s: float) -> web.Response:
+    """Committed *and* certified (spec §8): the receipt then proves the result."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    answer = await _wait_for_order(context, tx_id, timeout_s)
+    if answer.status != 200 or context.execution is None:
+        return answer
+    location = context.store.tx_location(tx_id)
+    if location is None:
+        raise RuntimeError(f"tx {tx_id} is committed but not indexed")
+    remaining = deadline - asyncio.get_running_loop().time()
+    if await context.execution.wait_certified(location[0], remaining) is None:
+        return _json({"tx_id": tx_id, "status": STATUS_PENDING}, 202)
+    return _committed_answer(context, tx_id)
+
+
+async def _wait_for_order(context: ApiContext, tx_id: str, timeout_s: float) -> web.Response:
     pending = _json({"tx_id": tx_id, "status": STATUS_PENDING}, 202)
     try:
         future = context.waiters.register(tx_id)
@@ -365,13 +415,17 @@ async def post_txs(request: web.Request) -> web.Response:
     _check_accept(request, JSON)
     _check_query(request, ())
     context = _context(request)
-    wires = _parse(await _read_body(request, context.body_max_bytes), "malformed_request")
+    _check_not_diverged(context)
+    body = await _read_body(request, context.body_max_bytes)
+    wires = await _parse_request(request, body, "malformed_request")
     if not isinstance(wires, list):
         raise ApiError(400, "malformed_request", "the body must be a JSON array of transactions")
     if len(wires) > TXS_MAX:
         raise ApiError(
             413, "too_many_txs", f"a request holds at most {TXS_MAX} transactions, not {len(wires)}"
         )
+    if not charge_txs(request, len(wires)):
+        return limited_response(request)
     results = await context.pool.submit(wires)
     return _json([result.to_wire() for result in results], 202)
 
@@ -408,13 +462,81 @@ async def get_block(request: web.Request) -> web.Response:
 
 
 async def get_state(request: web.Request) -> web.Response:
+    """``GET /v1/state/{key}[?proof=true][&min_seq=N[&timeout_ms=T]]``."""
     _check_accept(request, JSON)
-    _check_query(request, ())
+    query = _check_query(request, READ_QUERY)
     key = _state_key(request)
-    entry = _context(request).store.get_state(key)
+    context = _context(request)
+    proof, timeout_s = await _prepare_read(context, query)
+    if proof:
+        return await _proven(context, context.store.proven_state, key, timeout_s)
+    entry = context.store.get_state(key)
     if entry is None:
         raise ApiError(404, "unknown_key", f"key {key!r} has no value")
     return _json(entry)
+
+
+READ_QUERY = ("proof", "min_seq", "timeout_ms")
+READ_TIMEOUT_MS_DEFAULT = 10_000
+
+
+async def _prepare_read(context: ApiContext, query: Mapping[str, str]) -> tuple[bool, float]:
+    """Check a read's query and wait for ``min_seq``; ``(proof wanted, time left in s)``."""
+    _check_not_diverged(context)
+    proof = query.get("proof")
+    if proof not in (None, "true", "false"):
+        raise ApiError(400, "invalid_query", "proof must be 'true' or 'false' when given")
+    min_seq = _query_uint(query, "min_seq", MAX_SAFE_INTEGER)
+    timeout_ms = _query_uint(query, "timeout_ms", WAIT_TIMEOUT_MS_MAX)
+    if timeout_ms is not None and min_seq is None and proof != "true":
+        raise ApiError(400, "invalid_query", "timeout_ms is only meaningful with min_seq or proof")
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + (READ_TIMEOUT_MS_DEFAULT if timeout_ms is None else timeout_ms) / 1000
+    if min_seq is not None and context.store.head()[0] < min_seq:
+        reached = context.execution is not None and await context.execution.wait_executed(
+            min_seq, deadline - loop.time()
+        )
+        if not reached:
+            head = context.store.head()[0]
+            raise ApiError(
+                503,
+                "min_seq_not_reached",
+                f"this node has executed up to block {head}, not yet block {min_seq}; retry "
+                "later, with a longer timeout_ms, or ask another node",
+            )
+    return proof == "true", max(0.0, deadline - loop.time())
+
+
+async def _proven(
+    context: ApiContext, read: Callable[[str], dict[str, Any]], name: str, timeout_s: float
+) -> web.Response:
+    """A proven read as of the head block, with that block's execution certificate."""
+    try:
+        answer = read(name)
+    except StoreError as exc:
+        raise ApiError(503, "damaged", str(exc)) from exc
+    seq = answer["seq"]
+    certificate = None
+    if seq > 0:
+        if context.execution is not None:
+            certificate = await context.execution.wait_certified(seq, timeout_s)
+        else:
+            certificate = context.store.execution(seq)
+    if certificate is None:
+        raise ApiError(
+            503,
+            "not_certified",
+            f"block {seq}, the newest executed here, has no execution certificate yet (or the "
+            "chain has no block yet); retry in a moment",
+        )
+    answer["execution"] = certificate
+    return _json(answer)
+
+
+def _check_not_diverged(context: ApiContext) -> None:
+    divergence = None if context.execution is None else context.execution.diverged
+    if divergence is not None:
+        raise ApiError(503, "diverged", divergence.detail())
 
 
 def _state_key(request: web.Request) -> str:
@@ -433,8 +555,9 @@ def _state_key(request: web.Request) -> str:
 
 
 async def get_account(request: web.Request) -> web.Response:
+    """``GET /v1/accounts/{pubkey}[?proof=true][&min_seq=N[&timeout_ms=T]]``."""
     _check_accept(request, JSON)
-    _check_query(request, ())
+    query = _check_query(request, READ_QUERY)
     pubkey = request.match_info["pubkey"]
     if not is_hex(pubkey, KEY_HEX_LEN) or not is_valid_public_key(pubkey):
         raise ApiError(
@@ -442,8 +565,11 @@ async def get_account(request: web.Request) -> web.Response:
             "invalid_pubkey",
             f"pubkey must be a valid Ed25519 public key as {KEY_HEX_LEN} lowercase hex characters",
         )
-    balance = _context(request).store.balance(pubkey)
-    return _json({"pubkey": pubkey, "balance": balance})
+    context = _context(request)
+    proof, timeout_s = await _prepare_read(context, query)
+    if proof:
+        return await _proven(context, context.store.proven_balance, pubkey, timeout_s)
+    return _json(context.store.account(pubkey))
 
 
 async def get_status(request: web.Request) -> web.Response:

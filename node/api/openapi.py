@@ -152,6 +152,30 @@ def _schemas() -> dict[str, Any]:
                 "error": {"type": "string", "nullable": True},
             }
         ),
+        "Execution": _obj(
+            {
+                "state_root": _ref("Hash"),
+                "results_root": _ref("Hash"),
+                "signatures": {
+                    "type": "object",
+                    "additionalProperties": _ref("Signature"),
+                    "description": "validator public key -> execution vote signature",
+                },
+            },
+            "Spec §5 execution certificate: q votes over {chain_id, seq, block_hash, "
+            "state_root, results_root} under phalanx/execution/v1.",
+        ),
+        "StateProof": _obj(
+            {
+                "siblings": {"type": "array", "items": _ref("Hash"), "maxItems": 256},
+                "leaf": {
+                    **_obj({"path": _ref("Hash"), "data_hash": _ref("Hash")}),
+                    "nullable": True,
+                },
+            },
+            "Spec §5 state proof: siblings from the root down; leaf: the other entry an "
+            "absence proof ends at, or null.",
+        ),
         "Receipt": _obj(
             {
                 "tx_id": _ref("Hash"),
@@ -160,9 +184,13 @@ def _schemas() -> dict[str, Any]:
                 "proof": {"type": "array", "items": _ref("Hash"), "maxItems": 64},
                 "batch": _ref("BatchHeader"),
                 "certificate": _ref("Certificate"),
+                "prev_hash": _ref("Hash"),
                 "result": _ref("Result"),
+                "result_proof": {"type": "array", "items": _ref("Hash"), "maxItems": 64},
+                "execution": {**_ref("Execution"), "nullable": True},
             },
-            "Spec §5: proves the commitment to anyone holding the genesis.",
+            "Spec §6: proves the commitment and the result to anyone holding the genesis "
+            "(execution may be null for a moment after the commit).",
         ),
         "TxPending": _obj(
             {"tx_id": _ref("Hash"), "status": {"type": "string", "enum": ["pending"]}}
@@ -187,6 +215,31 @@ def _schemas() -> dict[str, Any]:
                 "txs": {"type": "array", "items": _ref("Transaction")},
                 "results": {"type": "array", "items": _ref("Result")},
                 "certificate": _ref("Certificate"),
+                "execution": {**_ref("Execution"), "nullable": True},
+            }
+        ),
+        "ProvenStateEntry": _obj(
+            {
+                "key": {"type": "string"},
+                "value": _ANY,
+                "version": _UINT,
+                "owner": {**_ref("PublicKey"), "nullable": True},
+                "seq": _SEQ,
+                "block_hash": _ref("Hash"),
+                "execution": _ref("Execution"),
+                "state_proof": _ref("StateProof"),
+            },
+            "?proof=true: present, or absent (value null, version 0, owner null), as of "
+            "block seq, provable with the genesis alone (spec §6).",
+        ),
+        "ProvenAccount": _obj(
+            {
+                "pubkey": _ref("PublicKey"),
+                "balance": _UINT,
+                "seq": _SEQ,
+                "block_hash": _ref("Hash"),
+                "execution": _ref("Execution"),
+                "state_proof": _ref("StateProof"),
             }
         ),
         "StateEntry": _obj(
@@ -198,7 +251,13 @@ def _schemas() -> dict[str, Any]:
                 "seq": {**_UINT, "description": "as of this executed block"},
             }
         ),
-        "Account": _obj({"pubkey": _ref("PublicKey"), "balance": _UINT}),
+        "Account": _obj(
+            {
+                "pubkey": _ref("PublicKey"),
+                "balance": _UINT,
+                "seq": {**_UINT, "description": "as of this executed block"},
+            }
+        ),
         "Status": _obj(
             {
                 "name": {"type": "string"},
@@ -573,12 +632,18 @@ def _paths() -> dict[str, Any]:
             "get": {
                 "operationId": "getState",
                 "summary": "A key's value, version and owner",
-                "parameters": [_path_param("key", _KEY, "the key, URL-encoded")],
+                "parameters": [_path_param("key", _KEY, "the key, URL-encoded"), *_READ_PARAMS],
                 "responses": {
-                    **_ok("present", _ref("StateEntry")),
+                    "200": {
+                        "description": "present (or, with proof=true, also absent)",
+                        "content": _json_content(
+                            {"oneOf": [_ref("StateEntry"), _ref("ProvenStateEntry")]}
+                        ),
+                    },
                     **_E400,
                     **_E404,
                     **_E406,
+                    **_E503,
                 },
             }
         },
@@ -586,8 +651,21 @@ def _paths() -> dict[str, Any]:
             "get": {
                 "operationId": "getAccount",
                 "summary": "An account's balance",
-                "parameters": [_path_param("pubkey", _ref("PublicKey"), "client public key")],
-                "responses": {**_ok("the balance", _ref("Account")), **_E400, **_E406},
+                "parameters": [
+                    _path_param("pubkey", _ref("PublicKey"), "client public key"),
+                    *_READ_PARAMS,
+                ],
+                "responses": {
+                    "200": {
+                        "description": "the balance",
+                        "content": _json_content(
+                            {"oneOf": [_ref("Account"), _ref("ProvenAccount")]}
+                        ),
+                    },
+                    **_E400,
+                    **_E406,
+                    **_E503,
+                },
             }
         },
         "/v1/status": {
