@@ -398,7 +398,9 @@ class NodeRuntime:
         roots = self.store.roots(seq)
         if roots is None:
             raise RuntimeError(f"block {seq} was executed but the ledger holds no roots for it")
-        self.execution.on_executed(seq, block_hash, *roots)
+        # A fetched block may bring its certificate: then our roots are checked against it.
+        certificate = self.block_sync.fetcher.take_execution(seq)
+        self.execution.on_executed(seq, block_hash, *roots, certificate=certificate)
 
     async def _resend_execution_votes(self) -> None:
         await asyncio.sleep(1.0)

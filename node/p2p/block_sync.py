@@ -41,6 +41,7 @@ from typing import Any
 from consensus.batch import Batch, Tx, TxChecker, block_hash
 from consensus.output import Certificate, Committed
 from crypto.hexcodec import HASH_HEX_LEN, is_hex
+from ledger.execution import verify_execution_certificate
 from ledger.genesis import Genesis
 from ledger.receipt import verify_committed
 from ledger.store import LedgerStore
@@ -102,7 +103,9 @@ def serve_fetch(store: LedgerStore, request: Mapping[str, Any]) -> dict[str, Any
             block = snapshot.block(seq)
             if block is None:
                 break
-            block = {k: block[k] for k in ("batch", "txs", "certificate", "hash")}
+            # "execution": the block's execution certificate (or null), so that a node catching
+            # up checks its own roots against what q validators certified.
+            block = {k: block[k] for k in ("batch", "txs", "certificate", "hash", "execution")}
             # The C encoder's length is within a few bytes of the canonical one, at 1/4 the cost.
             size += len(json.dumps(block, separators=(",", ":"), ensure_ascii=False))
             if blocks and size > RESPONSE_BYTES_MAX:
@@ -198,6 +201,30 @@ def verify_blocks(
     return committed
 
 
+def verified_executions(
+    genesis: Genesis,
+    from_seq: int,
+    prev_hash: str,
+    blocks: Sequence[Any],
+    committed: Sequence[Committed],
+) -> dict[int, dict[str, Any]]:
+    """The execution certificates that came with verified blocks, each checked against the
+    genesis for its block's hash (chained from ``prev_hash``); a bad one is :class:`BadBlocks`
+    (an honest peer never serves one). Blocks without one (null) are skipped."""
+    found: dict[int, dict[str, Any]] = {}
+    for offset, (block, one) in enumerate(zip(blocks, committed, strict=True)):
+        seq = from_seq + offset
+        prev_hash = block_hash(seq, prev_hash, one.batch.digest)
+        execution = block.get("execution") if isinstance(block, Mapping) else None
+        if execution is None:
+            continue
+        failures = verify_execution_certificate(genesis, seq, prev_hash, execution)
+        if failures:
+            raise BadBlocks(f"block {seq}: its execution certificate is invalid: {failures[0]}")
+        found[seq] = dict(execution)
+    return found
+
+
 async def _verify_in_threads(
     genesis: Genesis, from_seq: int, blocks: Any, prev_hash: str, check_signatures: bool
 ) -> tuple[list[Committed], str]:
@@ -264,6 +291,16 @@ class BlockFetcher:
         self.bad_responses = 0
         self.timeouts = 0
         self.failures: Counter[tuple[str, str]] = Counter()  # (peer, reason)
+        # Verified execution certificates of fetched blocks, until the runtime executes them.
+        self._executions: dict[int, dict[str, Any]] = {}
+
+    def take_execution(self, seq: int) -> dict[str, Any] | None:
+        """The verified execution certificate that came with fetched block ``seq``, if any
+        (and forget those of older blocks)."""
+        certificate = self._executions.pop(seq, None)
+        for older in [s for s in self._executions if s < seq]:
+            del self._executions[older]
+        return certificate
 
     @property
     def active(self) -> bool:
@@ -442,6 +479,10 @@ class BlockFetcher:
         committed, last_hash = await _verify_in_threads(
             self._genesis, request.from_seq, blocks, prev_hash, check_signatures=not pooled
         )
+        certificates = await asyncio.to_thread(
+            verified_executions, self._genesis, request.from_seq, prev_hash, blocks, committed
+        )
+        self._executions.update(certificates)
         if self._preverify is not None and self._tx_checker is not None:
             txs = [tx for one in committed for tx in one.batch.txs]
             await self._preverify([tx.wire for tx in txs])

@@ -369,3 +369,44 @@ def test_waiting_for_a_certificate(store: LedgerStore, genesis: Genesis) -> None
         assert not await votes.wait_executed(9, 0.01)
 
     asyncio.run(scenario())
+
+
+def test_fetched_blocks_bring_checked_execution_certificates(
+    store: LedgerStore, genesis: Genesis
+) -> None:
+    from node.p2p.block_sync import BadBlocks, serve_fetch, verified_executions, verify_blocks
+
+    _fill(store, genesis)
+    answer = serve_fetch(store, {"from_seq": 1, "count": 10})
+    assert answer is not None
+    blocks = answer["blocks"]
+    assert blocks[0]["execution"] is None and blocks[1]["execution"] == store.execution(2)
+    committed_blocks = verify_blocks(genesis, 1, blocks, genesis.genesis_hash)
+    found = verified_executions(genesis, 1, genesis.genesis_hash, blocks, committed_blocks)
+    assert found == {2: store.execution(2)}
+    bad = copy.deepcopy(blocks)
+    bad[1]["execution"]["results_root"] = "00" * 32
+    with pytest.raises(BadBlocks, match="execution certificate"):
+        verified_executions(genesis, 1, genesis.genesis_hash, bad, committed_blocks)
+
+
+def test_a_fetched_certificate_that_differs_from_our_roots_is_divergence(
+    store: LedgerStore, genesis: Genesis
+) -> None:
+    store.append_block(committed(genesis, 1, [tx(ALICE, 0, {"op": "set", "key": "k", "value": 1})]))
+    votes, net = _collector(store, genesis)
+    block_hash = store.block_hash(1) or ""
+    roots = store.roots(1)
+    assert roots is not None
+    theirs = build_certificate(_votes(genesis, 1, (block_hash, "ab" * 32, roots[1]))[:3])
+    votes.on_executed(1, block_hash, *roots, certificate=theirs)
+    assert votes.diverged is not None and not net.broadcasts
+    # A matching one is stored without any vote being sent.
+    store.append_block(committed(genesis, 2))
+    votes2, net2 = _collector(store, genesis)
+    roots2 = store.roots(2)
+    hash2 = store.block_hash(2) or ""
+    assert roots2 is not None
+    good = build_certificate(_votes(genesis, 2, (hash2, *roots2))[:3])
+    votes2.on_executed(2, hash2, *roots2, certificate=good)
+    assert votes2.diverged is None and store.execution(2) == good and not net2.broadcasts
