@@ -133,7 +133,7 @@ def test_parse_json_refuses_floats_duplicates_and_junk(text: str) -> None:
 
 def test_signing_input_and_hashes() -> None:
     body = {"b": 1, "a": [True, None]}
-    assert signing_input(TAG_TX, body) == b'phalanx/tx/v1\x00{"a":[true,null],"b":1}'
+    assert signing_input(TAG_TX, body) == b'phalanx/tx/v2\x00{"a":[true,null],"b":1}'
     assert signing_input(TAG_COMMIT, {}) == b"phalanx/commit/v1\x00{}"
     assert hash_object(body) == sha256_hex(b'{"a":[true,null],"b":1}')
     with pytest.raises(ValueError):
