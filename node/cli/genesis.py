@@ -31,13 +31,13 @@ def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "genesis",
         help="create a genesis document",
-        description=__doc__.splitlines()[0],
+        description="Write the genesis of a consortium from its members' public keys.",
     )
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     create = actions.add_parser(
         "create",
         help="write a genesis from validator and account public keys",
-        description=__doc__,
+        description=__doc__.replace("``", ""),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     create.add_argument(

@@ -21,7 +21,10 @@ _EPILOG = (
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
-        "testnet", help="run a local testnet", description=__doc__.splitlines()[0], epilog=_EPILOG
+        "testnet",
+        help="run a local testnet",
+        description=__doc__.splitlines()[0].replace("``", ""),
+        epilog=_EPILOG,
     )
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
 

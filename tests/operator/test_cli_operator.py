@@ -206,3 +206,15 @@ def test_audit_into_a_closed_pipe_is_quiet(built: Built) -> None:
     )  # fmt: skip
     assert result.stdout.startswith("phalanx audit")
     assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize(
+    "command",
+    [[], ["keygen"], ["genesis"], ["genesis", "create"], ["node", "run"], ["node", "init"],
+     ["testnet"], ["testnet", "up"], ["tx"], ["tx", "set"], ["audit"]],
+)  # fmt: skip
+def test_help_has_no_raw_markup(command: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        phalanx([*command, "--help"])
+    assert exit_.value.code == 0
+    assert "``" not in capsys.readouterr().out
