@@ -260,7 +260,9 @@ class EvidenceDetector:
         """A peer message as received (before the replica sees it): COMMIT, PREPARE and
         PRE-PREPARE are looked at; anything else, or anything ill-formed, is ignored here (the
         replica drops and counts it)."""
-        kind = _MESSAGE_KINDS.get(wire.get("type"))  # type: ignore[arg-type]
+        if not isinstance(wire, Mapping) or not isinstance(wire.get("type"), str):
+            return None
+        kind = _MESSAGE_KINDS.get(wire["type"])
         if kind is None:
             return None
         rule = RULES[kind]

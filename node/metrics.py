@@ -21,6 +21,8 @@ metric                                  type       meaning
 ``phalanx_batch_size``                  histogram  transactions per executed block
 ``phalanx_view_change_starts_total``    counter    view changes this node began, by ``reason``
                                                    (``node.consensus_log``)
+``phalanx_evidence_total``              counter    misbehaviour evidence detected and stored,
+                                                   by ``kind`` (spec §7; ``node.evidence``)
 ``process_*``, ``python_*``             various    prometheus_client's default collectors
 ======================================  =========  ==========================================
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from chaos.netns import TestNet, flapping, netem_available, unavailable_reason
+from chaos.netns import TestNet, ensure_nftables, flapping, netem_available, unavailable_reason
 
 ROOT = Path(__file__).resolve().parents[2]
 REASON = unavailable_reason()
@@ -24,8 +24,16 @@ UDP_PORT = 7312
 PY = [sys.executable, "-m", "tests.chaos.net_tools"]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def nftables() -> None:
+    # Installed from Debian on first use (root); a machine that cannot install it skips.
+    reason = ensure_nftables()
+    if reason is not None:
+        pytest.skip(reason)
+
+
 @pytest.fixture(scope="module")
-def net() -> Iterator[TestNet]:
+def net(nftables: None) -> Iterator[TestNet]:
     with TestNet(3) as made:
         for host in range(3):
             echo = made.spawn(host, [*PY, "echo", str(ECHO_PORT)], cwd=ROOT, stdout=subprocess.PIPE)

@@ -208,7 +208,9 @@ def test_detector_ignores_outsiders_and_garbage() -> None:
     stranger = signer("stranger")
     assert detector.observe_message(commit_wire(stranger, D1)) is None
     assert detector.observe_message(commit_wire(stranger, D2)) is None
-    for wire in ({}, {"type": "commit"}, {"type": "view_change"}, {"type": 7}):
+    garbage: list[Any] = [{}, {"type": "commit"}, {"type": "view_change"}, {"type": 7}]
+    garbage += [{"type": ["commit"]}, [], "commit", {**commit_wire(BYZ, D1), "seq": [1]}]
+    for wire in garbage:
         assert detector.observe_message(wire) is None
     other_chain = sign_message(BYZ, Commit("other", 0, 5, D1)).to_wire()
     assert detector.observe_message(other_chain) is None
