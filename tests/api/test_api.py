@@ -483,7 +483,7 @@ def test_status(harness: ApiHarness) -> None:
         status = await r.json()
         assert set(status) == {
             "name", "pubkey", "chain_id", "view", "primary", "seq", "head_hash",
-            "stable_checkpoint", "n", "f",
+            "stable_checkpoint", "n", "f", "version", "catching_up", "peers_connected",
         }  # fmt: skip
         assert status["n"] == 4 and status["f"] == 1 and status["seq"] == 0
 
