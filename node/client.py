@@ -38,6 +38,7 @@ from crypto.hashing import hash_object
 from crypto.keys import load_private_key
 from crypto.signing import TAG_TX, Ed25519Signer
 from ledger.genesis import Genesis, check_chain_id
+from ledger.proven_read import verify_read as _verify_read
 from ledger.receipt import verify_receipt as _verify_receipt
 
 TIMEOUT_S_DEFAULT = 10.0
@@ -65,6 +66,14 @@ class ReceiptError(ClientError):
 
     def __init__(self, failures: Sequence[str]) -> None:
         super().__init__("receipt does not verify: " + "; ".join(failures))
+        self.failures = list(failures)
+
+
+class ProofError(ClientError):
+    """A proven read does not prove what it claims; ``failures`` lists why."""
+
+    def __init__(self, failures: Sequence[str]) -> None:
+        super().__init__("proven read does not verify: " + "; ".join(failures))
         self.failures = list(failures)
 
 
@@ -216,6 +225,65 @@ class Client:
             raise
         return answer
 
+    def get_state(
+        self,
+        key: str,
+        proof: bool = False,
+        genesis: Genesis | None = None,
+        min_seq: int | None = None,
+        timeout_ms: int | None = None,
+    ) -> dict[str, Any] | None:
+        """A key's entry. With ``proof=True`` (``genesis`` required) the answer is a proven read
+        (spec §6), present or absent, verified before it is returned (:class:`ProofError` if
+        it does not verify); without, None when the key is absent. ``min_seq``: as of block
+        ``min_seq`` or later (read your writes across nodes)."""
+        if not proof:
+            return (
+                self.state(key) if min_seq is None else self._read_state(key, min_seq, timeout_ms)
+            )
+        if genesis is None:
+            raise ValueError("a proven read is verified against the genesis: pass genesis=")
+        query = _read_query(True, min_seq, timeout_ms)
+        answer: dict[str, Any] = self._request("GET", f"/v1/state/{_segment(key)}", query)
+        failures = _verify_read(answer, genesis)
+        if not failures and answer.get("key") != key:
+            failures = [f"the answer is about key {answer.get('key')!r}, not {key!r}"]
+        if failures:
+            raise ProofError(failures)
+        return answer
+
+    def get_account(
+        self,
+        pubkey: str,
+        proof: bool = False,
+        genesis: Genesis | None = None,
+        min_seq: int | None = None,
+        timeout_ms: int | None = None,
+    ) -> dict[str, Any]:
+        """An account's balance; with ``proof=True`` a verified proven read (see get_state)."""
+        if proof and genesis is None:
+            raise ValueError("a proven read is verified against the genesis: pass genesis=")
+        query = _read_query(proof, min_seq, timeout_ms)
+        answer: dict[str, Any] = self._request("GET", f"/v1/accounts/{_segment(pubkey)}", query)
+        if proof and genesis is not None:
+            failures = _verify_read(answer, genesis)
+            if not failures and answer.get("pubkey") != pubkey:
+                failures = [f"the answer is about {answer.get('pubkey')}, not {pubkey}"]
+            if failures:
+                raise ProofError(failures)
+        return answer
+
+    def _read_state(self, key: str, min_seq: int, timeout_ms: int | None) -> dict[str, Any] | None:
+        try:
+            answer: dict[str, Any] = self._request(
+                "GET", f"/v1/state/{_segment(key)}", _read_query(False, min_seq, timeout_ms)
+            )
+        except ApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return answer
+
     def balance(self, pubkey: str) -> int:
         answer = self.account(pubkey)
         balance: int = answer["balance"]
@@ -316,6 +384,17 @@ class Client:
             return parse_json(data)
         except CanonicalJsonError as exc:
             raise ClientError(f"{method} {path}: the node answered invalid JSON: {exc}") from exc
+
+
+def _read_query(proof: bool, min_seq: int | None, timeout_ms: int | None) -> dict[str, Any]:
+    query: dict[str, Any] = {}
+    if proof:
+        query["proof"] = "true"
+    if min_seq is not None:
+        query["min_seq"] = int(min_seq)
+    if timeout_ms is not None:
+        query["timeout_ms"] = int(timeout_ms)
+    return query
 
 
 def _segment(text: str) -> str:

@@ -12,8 +12,12 @@ snapshot, so that it also works beside a running node:
 - the results, recomputed by replaying every transaction through ``ledger/state_machine.py``
   from the genesis balances, with the genesis's chain_id and fee_per_byte (owners, fees and
   every error code), against the stored ones;
+- the roots (spec §5): ``state_root`` (the state tree kept by the replay, updated with what
+  the block wrote) and ``results_root`` (over the replayed results) against the roots the node
+  stored for the block, and the block's stored execution certificate, if any: q valid votes of
+  distinct genesis validators over the block's hash and the *replayed* roots (strict);
 - after the last block: the tx index, the state (values, versions, owners) and the balances
-  against the replay's.
+  against the replay's, and the node's stored state tree against the replay's root.
 
 Each problem becomes a :class:`Failure` naming the seq and the check. The checks are written as
 a generator of small steps that yield the signatures to verify; ``ledger/audit/pool.py`` runs
@@ -37,6 +41,7 @@ from crypto.merkle import merkle_root
 from crypto.signing import TAG_COMMIT, TAG_TX
 from ledger.audit.codec import NotJsonError, canonical_bytes, is_canonical, load_json
 from ledger.audit.pool import SigCheck
+from ledger.execution import results_root, verify_execution_certificate
 from ledger.genesis import Genesis, GenesisError, genesis_from_document
 from ledger.state_machine import (
     DUPLICATE,
@@ -46,6 +51,7 @@ from ledger.state_machine import (
     apply_transaction,
     error_result,
 )
+from ledger.state_tree import MemoryNodeStore, StateTree, StateTreeDamaged, entry_changes
 from ledger.store import FORMAT_VERSION, _dump, state_record
 from ledger.transaction import (
     BODY_BYTES_MAX,
@@ -98,6 +104,7 @@ class LedgerReport:
     signatures: int = 0
     state_keys: int = 0
     balances: int = 0
+    executions: int = 0  # stored execution certificates checked
     failures: list[Failure] = field(default_factory=list)
     failures_total: int = 0
     complete: bool = True  # False when the audit had to stop early
@@ -126,6 +133,7 @@ class LedgerReport:
                 "signatures": self.signatures,
                 "state_keys": self.state_keys,
                 "balances": self.balances,
+                "executions": self.executions,
             },
             "failures": [f.to_json() for f in self.failures],
             "failures_total": self.failures_total,
@@ -134,21 +142,28 @@ class LedgerReport:
 
 class _ReplayState(DictState):
     """The replay's state, remembering the seq that last wrote each key and balance, so that a
-    state difference found at the end can name the block it comes from."""
+    state difference found at the end can name the block it comes from, and keeping the state
+    tree (in memory) up to date block by block."""
 
     def __init__(self, accounts: Any) -> None:
         super().__init__(accounts)
         self.seq = 0
         self.key_written_at: dict[str, int] = {}
         self.balance_written_at: dict[str, int] = {}
+        self.tree = StateTree(MemoryNodeStore())
+        self.tree.update(entry_changes([], self.balances.items()))
+        self._touched_keys: set[str] = set()
+        self._touched_balances: set[str] = set()
 
     def put_entry(self, key: str, entry: Entry) -> None:
         self.entries[key] = entry
         self.key_written_at[key] = self.seq
+        self._touched_keys.add(key)
 
     def delete_entry(self, key: str) -> None:
         self.entries.pop(key, None)
         self.key_written_at[key] = self.seq
+        self._touched_keys.add(key)
 
     def set_balance(self, pubkey: str, balance: int) -> None:
         if balance:
@@ -156,6 +171,21 @@ class _ReplayState(DictState):
         else:
             self.balances.pop(pubkey, None)
         self.balance_written_at[pubkey] = self.seq
+        self._touched_balances.add(pubkey)
+
+    def update_tree(self) -> bytes:
+        """Bring the tree up to date with what was written since the last call; its root."""
+        kv = []
+        for key in self._touched_keys:
+            entry = self.entries.get(key)
+            kv.append(
+                (key, None, None, None)
+                if entry is None
+                else (key, entry.value, entry.version, entry.owner)
+            )
+        balances = [(p, self.balances.get(p, 0)) for p in self._touched_balances]
+        self._touched_keys, self._touched_balances = set(), set()
+        return self.tree.update(entry_changes(kv, balances))
 
 
 class LedgerAudit:
@@ -183,6 +213,7 @@ class LedgerAudit:
         self._votes: dict[int, int] = {}  # seq -> validator votes handed out for verification
         self._index: dict[bytes, bytes] = {}  # tx_id -> seq8 + index4 of its first position
         self._client_keys: dict[str, bytes] = {}  # hex -> raw, for the clients seen so far
+        self._replayed: tuple[list[bytes], list[dict[str, Any]]] = ([], [])
 
     def _get(self, db: str, key: bytes) -> bytes | None:
         data = self._txn.get(key, db=self._dbs[db])
@@ -213,6 +244,7 @@ class LedgerAudit:
         yield []
         self._check_state()
         self._check_balances()
+        self._check_state_tree()
 
     def finish(self, failed: list[Any]) -> LedgerReport:
         """Report the signatures that did not verify and the certificates short of a quorum."""
@@ -362,6 +394,7 @@ class LedgerAudit:
         if record is not None and digest is not None:
             yield self._certificate_checks(seq, record["certificate"], digest)
         yield from self._tx_steps(seq, key, batch if digest is not None else None)
+        self._check_roots(seq, key, stored_hash)
         head_hash = self.report.head_hash
         if self.report.head_seq == seq and head_hash is not None and stored_hash != head_hash:
             self._fail(seq, "meta", f"the head hash {head_hash} is not block {seq}'s")
@@ -517,6 +550,78 @@ class LedgerAudit:
         self.report.txs += len(wires)
         self.report.signatures += signed_count
         self._check_block_tx_data(seq, key, batch, digests, stored_ids, results)
+        self._replayed = (digests, results)
+
+    def _check_roots(self, seq: int, key: bytes, block_hash: str | None) -> None:
+        """The replayed state and results roots against the stored ones and the block's
+        execution certificate (spec §5)."""
+        view, genesis = self._view, self._genesis
+        assert view is not None and genesis is not None
+        state_root = view.update_tree().hex()
+        digests, results = self._replayed
+        self._replayed = ([], [])
+        try:
+            replayed_results = results_root([d.hex() for d in digests], results)
+        except ValueError:
+            return  # the block's transactions could not be replayed: reported already
+        raw = self._get("block_roots", key)
+        if raw is None or len(raw) != 64:
+            self._fail(seq, "roots", "the block's state and results roots are missing")
+        else:
+            if raw[:32].hex() != state_root:
+                self._fail(
+                    seq,
+                    "roots",
+                    f"stored state_root {raw[:32].hex()} but the replay gives {state_root}",
+                )
+            if raw[32:].hex() != replayed_results:
+                self._fail(
+                    seq,
+                    "roots",
+                    f"stored results_root {raw[32:].hex()} but the replay gives {replayed_results}",
+                )
+        raw_execution = self._get("block_execution", key)
+        if raw_execution is None or block_hash is None:
+            return  # a block may lack its certificate for a while (votes still arriving)
+        execution = self._load(seq, "execution", "the execution certificate", raw_execution)
+        if execution is None:
+            return
+        self.report.executions += 1
+        if isinstance(execution, dict) and execution.get("state_root") != state_root:
+            self._fail(
+                seq,
+                "execution",
+                f"the execution certificate certifies state_root {execution.get('state_root')} "
+                f"but the replay gives {state_root}",
+            )
+        elif isinstance(execution, dict) and execution.get("results_root") != replayed_results:
+            self._fail(
+                seq,
+                "execution",
+                f"the execution certificate certifies results_root "
+                f"{execution.get('results_root')} but the replay gives {replayed_results}",
+            )
+        else:
+            for failure in verify_execution_certificate(genesis, seq, block_hash, execution):
+                self._fail(seq, "execution", failure)
+
+    def _check_state_tree(self) -> None:
+        """The node's stored tree (what its proofs come from) against the replay's root."""
+        view = self._view
+        assert view is not None
+        try:
+            stored = StateTree(_ReadNodes(self._txn, self._dbs["state_tree"])).root()
+        except StateTreeDamaged as exc:
+            self._fail(None, "state_tree", str(exc))
+            return
+        replayed = view.tree.root()
+        if stored != replayed:
+            self._fail(
+                None,
+                "state_tree",
+                f"the stored state tree's root is {stored.hex()} but the replay gives "
+                f"{replayed.hex()}: proofs from this ledger would not verify",
+            )
 
     def _block_txs(self, seq: int, key: bytes) -> tuple[list[Any] | None, bool]:
         """The block's transactions in wire form, and whether they need the slow JCS."""
@@ -702,6 +807,24 @@ class LedgerAudit:
 
 
 # -- helpers ------------------------------------------------------------------------------------
+
+
+class _ReadNodes:
+    """The stored state tree's records, read-only (a :class:`NodeStore` whose writes refuse)."""
+
+    def __init__(self, txn: lmdb.Transaction, db: Any) -> None:
+        self._txn = txn
+        self._db = db
+
+    def get_node(self, pos: bytes) -> bytes | None:
+        data = self._txn.get(pos, db=self._db)
+        return None if data is None else bytes(data)
+
+    def put_node(self, pos: bytes, record: bytes) -> None:
+        raise PermissionError("the audit never writes")
+
+    def delete_node(self, pos: bytes) -> None:
+        raise PermissionError("the audit never writes")
 
 
 def _decode(wire: Any, slow: bool) -> tuple[bytes | None, ValidTx | None, bytes | None, str | None]:

@@ -3,6 +3,7 @@
     phalanx audit DATA_DIR... [--genesis FILE] [--json] [--workers N]
     phalanx audit verify-receipt RECEIPT.json --genesis FILE [--tx TX.json] [--json]
     phalanx audit verify-evidence EVIDENCE.json --genesis FILE [--json]  (audit_evidence.py)
+    phalanx audit verify-read READ.json --genesis FILE [--json]  (audit_read.py)
 
 The first form opens each ledger read-only (also while its node runs), re-derives every hash,
 signature, result and state entry from the genesis (see ``ledger/audit/run.py`` for the checks and
@@ -43,6 +44,7 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 
 VERIFY_RECEIPT = "verify-receipt"
 VERIFY_EVIDENCE = "verify-evidence"  # node/cli/audit_evidence.py
+VERIFY_READ = "verify-read"  # node/cli/audit_read.py
 WORKERS_MAX = 64
 _PROGRESS_INTERVAL_S = 0.1
 _PROGRESS_DELAY_S = 0.5
@@ -52,13 +54,17 @@ _FAILURES_SHOWN_MAX = 50  # per ledger in the human output; --json lists up to 1
 USAGE = (
     "phalanx audit [-h] [--genesis FILE] [--json] [--workers N] DATA_DIR [DATA_DIR ...]\n"
     "       phalanx audit verify-receipt RECEIPT.json --genesis FILE [--tx TX.json] [--json]\n"
-    "       phalanx audit verify-evidence EVIDENCE.json --genesis FILE [--json]"
+    "       phalanx audit verify-evidence EVIDENCE.json --genesis FILE [--json]\n"
+    "       phalanx audit verify-read READ.json --genesis FILE [--json]"
 )
 CHECKS = (
     "genesis", "meta", "block", "batch", "chain", "certificate", "tx", "tx_signature", "tx_ids",
-    "tx_root", "results", "tx_index", "state", "balances",
+    "tx_root", "results", "tx_index", "state", "balances", "roots", "execution", "state_tree",
 )  # fmt: skip
-RECEIPT_CHECKS = ("receipt_shape", "chain_id", "tx_root_inclusion", "commit_certificate")
+RECEIPT_CHECKS = (
+    "receipt_shape", "chain_id", "tx_root_inclusion", "commit_certificate",
+    "result_inclusion", "execution_certificate",
+)  # fmt: skip
 
 
 DESCRIPTION = """\
@@ -131,6 +137,8 @@ def run(args: argparse.Namespace) -> int:
             return _verify_receipt(args)
         if args.paths[0] == VERIFY_EVIDENCE:
             return _verify_evidence(args)
+        if args.paths[0] == VERIFY_READ:
+            return _verify_read(args)
         return _audit(args)
     except UsageError as exc:
         print(f"usage: {USAGE}\nphalanx audit: error: {exc}", file=sys.stderr)
@@ -360,6 +368,21 @@ def _verify_evidence(args: argparse.Namespace) -> int:
     genesis = _load_genesis(args.genesis)
     try:
         ok = verify_evidence_file(Path(args.paths[1]), genesis, args.json, _emit, _provenance())
+    except OSError as exc:
+        raise UsageError(f"cannot read {args.paths[1]}: {exc.strerror or exc}") from exc
+    return EXIT_OK if ok else EXIT_FAILED
+
+
+def _verify_read(args: argparse.Namespace) -> int:
+    from node.cli.audit_read import verify_read_file
+
+    if len(args.paths) != 2:
+        raise UsageError(f"{VERIFY_READ} takes exactly one READ.json")
+    if args.genesis is None:
+        raise UsageError(f"{VERIFY_READ} needs --genesis FILE")
+    genesis = _load_genesis(args.genesis)
+    try:
+        ok = verify_read_file(Path(args.paths[1]), genesis, args.json, _emit, _provenance())
     except OSError as exc:
         raise UsageError(f"cannot read {args.paths[1]}: {exc.strerror or exc}") from exc
     return EXIT_OK if ok else EXIT_FAILED

@@ -23,6 +23,7 @@ from tests.ledger.helpers import (
     CAROL,
     VALIDATORS,
     certify,
+    certify_execution,
     make_genesis,
     signer,
     tx,
@@ -114,6 +115,7 @@ def append(
     batch = Batch(genesis.chain_id, seq, time_ms, tuple(txs))
     committed = Committed(batch, certify(genesis, batch, view, signers))
     store.append_block(committed)
+    certify_execution(store, seq)  # the validators' execution votes (spec §5)
     return committed
 
 

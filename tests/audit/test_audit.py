@@ -124,6 +124,7 @@ def test_json_report_shape(
         "signatures": 41,
         "state_keys": 11,
         "balances": 3,
+        "executions": 7,
     }
     assert ledger["failures"] == [] and ledger["failures_total"] == 0
 
