@@ -561,7 +561,8 @@ def test_openapi_is_served(harness: ApiHarness) -> None:
         assert set(doc["paths"]) == {
             "/v1/tx", "/v1/txs", "/v1/tx/{tx_id}", "/v1/blocks/{seq}", "/v1/state/{key}",
             "/v1/accounts/{pubkey}", "/v1/status", "/v1/events", "/metrics", "/openapi.json",
-            "/v1/evidence",
+            "/v1/evidence", "/v1/health", "/v1/peers", "/v1/validators", "/v1/genesis",
+            "/v1/blocks", "/v1/dashboard", "/v1/dashboard/block/{seq}", "/", "/dashboard/{file}",
         }  # fmt: skip
 
     run(harness, scenario)
