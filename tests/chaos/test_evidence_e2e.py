@@ -108,3 +108,47 @@ def test_equivocating_validator_is_caught_by_a_real_node(cluster: Cluster, tmp_p
 def _text(url: str) -> str:
     with urllib.request.urlopen(url, timeout=10) as response:
         return str(response.read().decode())
+
+
+def test_byzantine_process_equivocating_commits_is_caught_everywhere(
+    cluster: Cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """node3 runs as a real process whose every COMMIT is followed by a conflicting one (chaos
+    .byzantine); the honest nodes keep committing and each holds evidence of every recorded
+    equivocation."""
+    record = tmp_path / "equivocations.jsonl"
+    if testnet.Testnet.load(cluster.dir).node("node3").pid is not None:
+        cluster.kill("node3")
+    wrapper = (
+        f"{sys.executable} -m chaos.byzantine --behaviour equivocate-commits --record {record} "
+        "-m node.cli node run"
+    )
+    monkeypatch.setenv(testnet.NODE_CMD_ENV, wrapper)
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+    cluster.start("node3")
+    honest = ["node0", "node1", "node2"]
+    byzantine = cluster.nodes[3].pubkey
+    deadline = time.monotonic() + 60
+    nonce = 0
+    while True:
+        nonce += 1
+        tx = cluster.tx([{"op": "set", "key": f"byz-{nonce}", "value": nonce}])
+        http_json("POST", f"{cluster.url(honest[nonce % 3])}/v1/tx?wait=commit", tx)
+        recorded = record.read_text().splitlines() if record.exists() else []
+        if len(recorded) >= 3:
+            break
+        assert time.monotonic() < deadline, cluster.log_tail("node3")
+    slots = {(e["view"], e["seq"]) for e in map(json.loads, recorded)}
+    for name in honest:
+        deadline = time.monotonic() + 20
+        while True:
+            found = {
+                (e["a"]["object"]["view"], e["a"]["object"]["seq"])
+                for e in _evidence(cluster, name)
+                if e["kind"] == "commit" and e["validator"] == byzantine
+            }
+            if slots <= found:
+                break
+            assert time.monotonic() < deadline, (name, slots - found)
+            time.sleep(0.3)
+    cluster.wait_same_head(honest, min_seq=1)
