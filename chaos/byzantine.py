@@ -28,6 +28,8 @@ behaviour                   what leaves the node
                             the peers; the other half get a PRE-PREPARE of another batch (same
                             transactions, batch time + 1 ms) for the same slot; with
                             ``--witness`` the first peer is sent both (kind ``pre_prepare``)
+``equivocate-execution``    each execution vote, then one for the same block with another
+                            ``state_root`` (kind ``execution``; recorded with view 0)
 ==========================  ====================================================================
 """
 
@@ -49,6 +51,7 @@ from consensus.batch import Batch
 from consensus.errors import MalformedMessage
 from consensus.messages import Commit, Prepare, PrePrepare, decode_message, sign_message
 from crypto.signing import Signer
+from ledger.execution import ExecutionVote, sign_execution_vote
 
 CONSENSUS_TYPES = frozenset(
     {"pre_prepare", "prepare", "commit", "checkpoint", "view_change", "new_view"}
@@ -65,6 +68,7 @@ class Out:
     signer: Signer
     peers: list[str]
     rng: random.Random
+    chain_id: str = ""
     witness: bool = False
     record_path: Path | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -161,6 +165,22 @@ def equivocating_primary(out: Out, to: str | None, wire: dict[str, Any]) -> None
     out.record("pre_prepare", message.view, message.seq, out.peers[0] if out.witness else None)
 
 
+def equivocate_execution(out: Out, to: str | None, wire: dict[str, Any]) -> None:
+    """Each execution vote, then another for the same block with a different state_root."""
+    out.to(to, wire)
+    if wire.get("type") != "execution-vote" or wire.get("reply") is True:
+        return
+    try:
+        vote = ExecutionVote.from_wire(wire.get("vote"))
+    except ValueError:
+        return
+    other = sign_execution_vote(
+        out.signer, out.chain_id, vote.seq, vote.block_hash, out.digest(), vote.results_root
+    )
+    out.to(to, {**wire, "vote": other.to_wire()})
+    out.record("execution", 0, vote.seq, to)
+
+
 BEHAVIOURS: dict[str, Behaviour] = {
     "honest": honest,
     "silent": silent,
@@ -169,6 +189,7 @@ BEHAVIOURS: dict[str, Behaviour] = {
     "equivocate-commits": _equivocate_votes("commit"),
     "equivocate-prepares": _equivocate_votes("prepare"),
     "equivocating-primary": equivocating_primary,
+    "equivocate-execution": equivocate_execution,
 }
 
 
@@ -189,6 +210,7 @@ def install(behaviour: Behaviour, seed: int, record: Path | None, witness: bool)
             signer=my_signer,
             peers=sorted(k for k in validators if k != my_signer.public_key),
             rng=random.Random(seed),
+            chain_id=self.chain_id,
             witness=witness,
             record_path=record,
         )

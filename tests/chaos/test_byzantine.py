@@ -11,7 +11,9 @@ from typing import Any
 from chaos.byzantine import BEHAVIOURS, Out
 from consensus.batch import Batch
 from consensus.messages import Commit, Prepare, PrePrepare, decode_message, sign_message
-from ledger.evidence import EvidenceDetector, verify_evidence
+from crypto.signing import TAG_EXECUTION
+from ledger.evidence import EvidenceDetector, Statement, verify_evidence
+from ledger.execution import ExecutionVote, sign_execution_vote
 from tests.ledger.helpers import ALICE, CHAIN_ID, VALIDATORS, make_genesis, tx
 
 GENESIS = make_genesis()
@@ -31,6 +33,7 @@ class Wire:
             signer=ME,
             peers=PEERS,
             rng=random.Random(1),
+            chain_id=CHAIN_ID,
             witness=witness,
             record_path=record,
         )
@@ -108,3 +111,23 @@ def test_equivocating_primary_splits_the_peers() -> None:
     plain = sign_message(ME, PrePrepare(CHAIN_ID, 0, 5, null.digest, null)).to_wire()
     BEHAVIOURS["equivocating-primary"](wire.out(), None, plain)
     assert wire.sent == [(None, plain)]
+
+
+def test_equivocating_execution_votes_are_evidence() -> None:
+    vote = sign_execution_vote(ME, CHAIN_ID, 6, D, D, D)
+    wire = Wire()
+    message = {"type": "execution-vote", "vote": vote.to_wire(), "reply": False}
+    BEHAVIOURS["equivocate-execution"](wire.out(), None, message)
+    assert len(wire.sent) == 2
+    detector = EvidenceDetector(GENESIS)
+    statements = [
+        Statement(TAG_EXECUTION, v.body(CHAIN_ID), v.signature, v.validator)
+        for v in (ExecutionVote.from_wire(sent["vote"]) for _, sent in wire.sent)
+    ]
+    found = [detector.observe(s) for s in statements]
+    assert found[1] is not None and found[1].kind == "execution"
+    verify_evidence(found[1].to_json(), GENESIS)
+    # Replies (answers to a restarted peer) are passed on alone.
+    wire = Wire()
+    BEHAVIOURS["equivocate-execution"](wire.out(), PEERS[0], {**message, "reply": True})
+    assert len(wire.sent) == 1

@@ -110,45 +110,71 @@ def _text(url: str) -> str:
         return str(response.read().decode())
 
 
+def _run_byzantine(
+    cluster: Cluster, behaviour: str, record: Path, monkeypatch: pytest.MonkeyPatch
+) -> list[dict[str, Any]]:
+    """Restart node3 as a Byzantine process, drive commits through the honest nodes until it
+    recorded three equivocations; those records."""
+    if testnet.Testnet.load(cluster.dir).node("node3").pid is not None:
+        cluster.kill("node3")
+    wrapper = (
+        f"{sys.executable} -m chaos.byzantine --behaviour {behaviour} --record {record} "
+        "-m node.cli node run"
+    )
+    with monkeypatch.context() as env:
+        env.setenv(testnet.NODE_CMD_ENV, wrapper)
+        env.setenv("PYTHONPATH", str(ROOT))
+        cluster.start("node3")
+    deadline = time.monotonic() + 60
+    nonce = 0
+    while True:
+        nonce += 1
+        tx = cluster.tx([{"op": "set", "key": f"{behaviour}-{nonce}", "value": nonce}])
+        status, answer = http_json(
+            "POST", f"{cluster.url(HONEST[nonce % 3])}/v1/tx?wait=commit", tx
+        )
+        assert status in (200, 202), answer
+        recorded = record.read_text().splitlines() if record.exists() else []
+        if len(recorded) >= 3:
+            return [json.loads(line) for line in recorded]
+        assert time.monotonic() < deadline, cluster.log_tail("node3")
+
+
+def _wait_evidence(cluster: Cluster, kind: str, slots: set[tuple[int, int]]) -> None:
+    """Every honest node holds ``kind`` evidence against node3 for each (view, seq) of
+    ``slots`` (execution evidence has no view: 0)."""
+    byzantine = cluster.nodes[3].pubkey
+    for name in HONEST:
+        deadline = time.monotonic() + 20
+        while True:
+            found = {
+                (e["a"]["object"].get("view", 0), e["a"]["object"]["seq"])
+                for e in _evidence(cluster, name)
+                if e["kind"] == kind and e["validator"] == byzantine
+            }
+            if slots <= found:
+                break
+            assert time.monotonic() < deadline, (name, slots - found)
+            time.sleep(0.3)
+
+
+HONEST = ["node0", "node1", "node2"]
+
+
 def test_byzantine_process_equivocating_commits_is_caught_everywhere(
     cluster: Cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """node3 runs as a real process whose every COMMIT is followed by a conflicting one (chaos
     .byzantine); the honest nodes keep committing and each holds evidence of every recorded
     equivocation."""
-    record = tmp_path / "equivocations.jsonl"
-    if testnet.Testnet.load(cluster.dir).node("node3").pid is not None:
-        cluster.kill("node3")
-    wrapper = (
-        f"{sys.executable} -m chaos.byzantine --behaviour equivocate-commits --record {record} "
-        "-m node.cli node run"
-    )
-    monkeypatch.setenv(testnet.NODE_CMD_ENV, wrapper)
-    monkeypatch.setenv("PYTHONPATH", str(ROOT))
-    cluster.start("node3")
-    honest = ["node0", "node1", "node2"]
-    byzantine = cluster.nodes[3].pubkey
-    deadline = time.monotonic() + 60
-    nonce = 0
-    while True:
-        nonce += 1
-        tx = cluster.tx([{"op": "set", "key": f"byz-{nonce}", "value": nonce}])
-        http_json("POST", f"{cluster.url(honest[nonce % 3])}/v1/tx?wait=commit", tx)
-        recorded = record.read_text().splitlines() if record.exists() else []
-        if len(recorded) >= 3:
-            break
-        assert time.monotonic() < deadline, cluster.log_tail("node3")
-    slots = {(e["view"], e["seq"]) for e in map(json.loads, recorded)}
-    for name in honest:
-        deadline = time.monotonic() + 20
-        while True:
-            found = {
-                (e["a"]["object"]["view"], e["a"]["object"]["seq"])
-                for e in _evidence(cluster, name)
-                if e["kind"] == "commit" and e["validator"] == byzantine
-            }
-            if slots <= found:
-                break
-            assert time.monotonic() < deadline, (name, slots - found)
-            time.sleep(0.3)
-    cluster.wait_same_head(honest, min_seq=1)
+    records = _run_byzantine(cluster, "equivocate-commits", tmp_path / "rec.jsonl", monkeypatch)
+    _wait_evidence(cluster, "commit", {(r["view"], r["seq"]) for r in records})
+    cluster.wait_same_head(HONEST, min_seq=3)
+
+
+def test_byzantine_process_equivocating_execution_votes_is_caught_everywhere(
+    cluster: Cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    records = _run_byzantine(cluster, "equivocate-execution", tmp_path / "rec.jsonl", monkeypatch)
+    _wait_evidence(cluster, "execution", {(0, r["seq"]) for r in records})
+    cluster.wait_same_head(HONEST, min_seq=3)
