@@ -48,6 +48,8 @@ SLOTS_PER_VALIDATOR_MAX = 4_096  # first statements the detector remembers per v
 EVIDENCE_PER_VALIDATOR_MAX = 64  # evidence stored per validator (one proves misbehaviour)
 EVIDENCE_MAX = 1_024  # evidence stored in all
 EVIDENCE_FILE_ITEMS_MAX = 10_000  # items one evidence file may hold (verify-evidence)
+NESTED_STATEMENTS_MAX = 256  # signed votes looked at inside one VIEW-CHANGE or NEW-VIEW
+NESTED_DEPTH_MAX = 4  # NEW-VIEW > VIEW-CHANGE > prepared certificate > vote
 CHAIN_ID_LEN_MAX = 128
 
 _HASH = "hash"  # 64 lowercase hex characters
@@ -272,6 +274,17 @@ class EvidenceDetector:
             return None
         return self.observe(Statement(rule.tag, obj, sig, validator))
 
+    def observe_nested(self, wire: Mapping[str, Any]) -> list[Evidence]:
+        """The signed PRE-PREPAREs and PREPAREs a VIEW-CHANGE (its prepared certificates) or a
+        NEW-VIEW (its re-proposals, and the VIEW-CHANGEs it carries) holds: statements of other
+        validators, relayed. At most NESTED_STATEMENTS_MAX per message are looked at."""
+        found: list[Evidence] = []
+        for statement in _nested_statements(wire):
+            evidence = self.observe_message(statement)
+            if evidence is not None:
+                found.append(evidence)
+        return found
+
     def observe(self, statement: Statement) -> Evidence | None:
         """One signed statement (e.g. an execution vote). Returns evidence the first time a
         validator is caught signing a conflicting one for the same slot, else None."""
@@ -314,6 +327,37 @@ class EvidenceDetector:
             return None
         first.reported = True
         return evidence
+
+
+def _nested_statements(wire: Any) -> list[Mapping[str, Any]]:
+    """Signed votes nested in a VIEW-CHANGE or NEW-VIEW, breadth first, at most
+    NESTED_STATEMENTS_MAX of them and NESTED_DEPTH_MAX levels down."""
+    found: list[Mapping[str, Any]] = []
+    level: list[Any] = [wire]
+    for _ in range(NESTED_DEPTH_MAX):
+        below: list[Any] = []
+        for item in level:
+            if not isinstance(item, Mapping):
+                continue
+            kind = item.get("type")
+            if kind == "view_change":
+                below.extend(_items(item.get("prepared")))
+            elif kind == "new_view":
+                below.extend(_items(item.get("pre_prepares")))
+                below.extend(_items(item.get("view_changes")))
+            elif "pre_prepare" in item and "prepares" in item:  # a prepared certificate
+                below.append(item.get("pre_prepare"))
+                below.extend(_items(item.get("prepares")))
+            elif kind in _MESSAGE_KINDS and item is not wire:
+                found.append(item)
+            if len(found) >= NESTED_STATEMENTS_MAX or len(below) > 4 * NESTED_STATEMENTS_MAX:
+                return found[:NESTED_STATEMENTS_MAX]
+        level = below
+    return found[:NESTED_STATEMENTS_MAX]
+
+
+def _items(value: Any) -> list[Any]:
+    return value[: 4 * NESTED_STATEMENTS_MAX] if isinstance(value, list) else []
 
 
 # -- durable store ----------------------------------------------------------------------------

@@ -55,12 +55,16 @@ class NodeEvidence:
                 self._counter.labels(kind=kind)
 
     def observe_message(self, wire: Mapping[str, Any]) -> Evidence | None:
-        """A peer message as received; returns evidence when it newly proves misbehaviour."""
+        """A peer message as received (and the votes a VIEW-CHANGE or NEW-VIEW carries); returns
+        the message's own evidence when it newly proves misbehaviour."""
         try:
             found = self._detector.observe_message(wire)
+            nested = self._detector.observe_nested(wire)
         except Exception:  # pragma: no cover - defensive: never let evidence stop consensus
             _log.exception("evidence_detector_failed")
             return None
+        for evidence in nested:
+            self._keep(evidence)
         return self._keep(found)
 
     def observe(self, statement: Statement) -> Evidence | None:

@@ -13,9 +13,18 @@ from typing import Any
 import pytest
 
 from consensus.batch import Batch
-from consensus.messages import Commit, Prepare, PrePrepare, sign_message
+from consensus.messages import (
+    Commit,
+    NewView,
+    Prepare,
+    PreparedCert,
+    PrePrepare,
+    ViewChange,
+    sign_message,
+)
 from crypto.signing import TAG_COMMIT, TAG_EXECUTION, Ed25519Signer
 from ledger.evidence import (
+    NESTED_STATEMENTS_MAX,
     RULES,
     Evidence,
     EvidenceDetector,
@@ -69,9 +78,8 @@ def test_valid_evidence_of_each_kind_verifies(kind: str) -> None:
 
 @pytest.mark.parametrize("field", ["block_hash", "state_root", "results_root"])
 def test_execution_conflict_in_any_root(field: str) -> None:
-    verify_evidence(
-        evidence("execution", vote("execution"), vote("execution", **{field: D2})), GENESIS
-    )
+    changed: dict[str, Any] = {field: D2}
+    verify_evidence(evidence("execution", vote("execution"), vote("execution", **changed)), GENESIS)
 
 
 def refused(item: Any, genesis: Genesis = GENESIS) -> str:
@@ -325,3 +333,48 @@ def test_cli_usage_errors(tmp_path: Path) -> None:
     assert done.returncode == 2 and "needs --genesis FILE" in done.stderr
     code, _, err = run_cli(tmp_path, conflicting("commit"), str(tmp_path / "second.json"))
     assert code == 2 and "exactly one EVIDENCE.json" in err
+
+
+# -- statements relayed inside VIEW-CHANGE and NEW-VIEW -------------------------------------
+
+
+def _pre_prepare(who: Ed25519Signer, view: int, seq: int, digest: str) -> PrePrepare:
+    return sign_message(who, PrePrepare(CHAIN_ID, view, seq, digest, None))
+
+
+def test_nested_pre_prepare_in_a_view_change_conflicts_with_the_one_seen() -> None:
+    detector = EvidenceDetector(GENESIS)
+    # BYZ, primary of view 0, sent us digest D1 for seq 5...
+    assert detector.observe_message(_pre_prepare(BYZ, 0, 5, D1).to_wire()) is None
+    # ...and an honest replica's VIEW-CHANGE shows it proposed D2 for the same slot elsewhere.
+    prepares = tuple(sign_message(v, Prepare(CHAIN_ID, 0, 5, D2)) for v in VALIDATORS[2:4])
+    cert = PreparedCert(_pre_prepare(BYZ, 0, 5, D2), prepares)
+    honest = VALIDATORS[2]
+    view_change = sign_message(honest, ViewChange(CHAIN_ID, 1, 0, "00" * 32, (), (cert,)))
+    assert detector.observe_message(view_change.to_wire()) is None  # not a vote itself
+    [found] = detector.observe_nested(view_change.to_wire())
+    assert found.kind == "pre_prepare" and found.validator == BYZ.public_key
+    verify_evidence(found.to_json(), GENESIS)
+
+
+def test_new_primary_reproposal_conflicting_with_its_pre_prepare() -> None:
+    detector = EvidenceDetector(GENESIS)
+    new_view = sign_message(BYZ, NewView(CHAIN_ID, 1, (), (_pre_prepare(BYZ, 1, 6, D1),)))
+    assert detector.observe_nested(new_view.to_wire()) == []
+    found = detector.observe_message(_pre_prepare(BYZ, 1, 6, D2).to_wire())
+    assert found is not None and found.kind == "pre_prepare"
+
+
+def test_nested_statements_are_bounded() -> None:
+    detector = EvidenceDetector(GENESIS)
+    many = tuple(sign_message(VALIDATORS[2], Prepare(CHAIN_ID, 0, 5, D1)) for _ in range(2))
+    certs = tuple(
+        PreparedCert(_pre_prepare(BYZ, 0, seq, D1), many) for seq in range(1, NESTED_STATEMENTS_MAX)
+    )
+    view_change = sign_message(VALIDATORS[3], ViewChange(CHAIN_ID, 1, 0, "00" * 32, (), certs))
+    detector.observe_nested(view_change.to_wire())
+    remembered = sum(len(slots) for slots in detector._seen.values())
+    # 3 votes per certificate were offered; at most the bound were looked at.
+    assert remembered <= NESTED_STATEMENTS_MAX
+    # The first certificates were looked at: a conflict with one of them is caught.
+    assert detector.observe_message(_pre_prepare(BYZ, 0, 1, D2).to_wire()) is not None
