@@ -26,8 +26,10 @@ batch), so a re-proposal is never in conflict with the same primary's PRE-PREPAR
 unless that primary equivocated.
 
 :class:`EvidenceDetector` remembers, per validator, the first statement it saw for each slot
-(bounded) and returns evidence when a conflicting one arrives; :class:`EvidenceStore` keeps
-evidence durably in the ledger's ``evidence`` table, bounded per validator and in total.
+(bounded) and returns evidence when a conflicting one arrives, whether it came as a message of
+its own or relayed inside a VIEW-CHANGE (prepared certificates) or a NEW-VIEW (re-proposals);
+:class:`EvidenceStore` keeps evidence durably in the ledger's ``evidence`` table, bounded per
+validator and in total.
 """
 
 from __future__ import annotations
