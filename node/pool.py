@@ -228,6 +228,9 @@ class Pool:
     ) -> SubmitResult | None:
         """Refuse a bad shape now; queue the rest for the signature check (a cached signature
         is not verified again)."""
+        if isinstance(wire, ValidTx):  # decoded off the loop by the caller (node.api.app)
+            to_verify.append((i, wire))
+            return None
         try:
             tx = decode_transaction(wire)
         except TxError as exc:

@@ -63,7 +63,7 @@ class HttpLimits:
     keepalive_s: float = 75.0
     header_timeout_s: float = 10.0
     requests_in_flight_per_ip: int = 16
-    txs_per_s_per_ip: float = 20_000.0
+    txs_per_s_per_ip: float = 5_000.0
 
 
 def http_limits(config: NodeConfig) -> HttpLimits:
