@@ -1071,27 +1071,27 @@ class Replica:
             self._try_new_view()
 
     def _help_laggard(self, view_change: ViewChange) -> None:
-        """A replica still asking for the view we installed (and lead) missed our NEW-VIEW: send
-        it, to the VIEW-CHANGE's signer only, at most once per (signer, view) per half timeout
-        (how often it re-asks) and within its reply budget. A VIEW-CHANGE is cheap to replay
-        (cached signature) and the NEW-VIEW is large: answering every copy, or copies for older
-        views, would let one faulty replica aim a stream of NEW-VIEWs at anyone. A replica stuck
-        in an older view joins ours from the votes it sees (``_maybe_join_installed_view``)."""
+        """A replica still asking for the view we installed (and lead), or an older one (it was
+        down while views passed, or timed out alone), missed our NEW-VIEW: send it the current
+        one, which proves itself (q VIEW-CHANGEs); moving up to a later view is always allowed.
+        Only to the VIEW-CHANGE's signer, at most once per (signer, current view) per half
+        timeout (how often it re-asks), and within its reply budget: a VIEW-CHANGE is cheap to
+        replay (cached signature) and the NEW-VIEW is large, so answering every copy would let
+        one faulty replica aim a stream of NEW-VIEWs at anyone whose VIEW-CHANGEs it holds."""
         nv = self._sent_new_view
-        if nv is None or nv.view != self._view or view_change.view != self._view:
+        if nv is None or nv.view != self._view or view_change.view > self._view:
             return
-        key = (view_change.sender, view_change.view)
+        key = (view_change.sender, self._view)
         last = self._helped.get(key)
         if last is not None and self._ticks - last < self._help_period():
             self._drop(view_change.sender, "help_rate")
             return
-        wire = nv.to_wire()
         if not self._reply_budget(view_change.sender, _new_view_size(nv)):
             self._drop(view_change.sender, "reply_bytes_rate")
             return
         self._helped = {k: t for k, t in self._helped.items() if k[1] == self._view}
         self._helped[key] = self._ticks
-        self._out.sends.append(Send(wire, to=view_change.sender))
+        self._out.sends.append(Send(nv.to_wire(), to=view_change.sender))
 
     def _help_period(self) -> int:
         return max(1, self._config.view_change_timeout_ticks // 2)

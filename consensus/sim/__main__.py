@@ -1,4 +1,5 @@
-"""``python -m consensus.sim [--seeds N] [--start K] [--seed S] [--ed25519] [--twins-fork] [-v]``.
+"""``python -m consensus.sim [--seeds N] [--start K] [--seed S] [--ed25519] [--twins-fork]``
+``[-v] [-x]``.
 
 Runs seeds start .. start + N - 1 (or the single seed S), prints each failing seed with the
 command that replays it alone, and ends with exactly one summary line:
@@ -29,6 +30,9 @@ def main(argv: list[str] | None = None) -> int:
         "--twins-fork", action="store_true", help="the negative control: f + 1 faulty keys"
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="one line per seed")
+    parser.add_argument(
+        "-x", "--first-failure", action="store_true", help="stop at the first failing seed"
+    )
     args = parser.parse_args(argv)
     seeds = [args.seed] if args.seed is not None else range(args.start, args.start + args.seeds)
     flags = (" --ed25519" if args.ed25519 else "") + (" --twins-fork" if args.twins_fork else "")
@@ -44,6 +48,9 @@ def main(argv: list[str] | None = None) -> int:
         liveness += bool(result.liveness_failures)
         if not result.ok or args.verbose or args.seed is not None:
             _report(result, REPLAY.format(seed=seed, flags=flags))
+        if not result.ok and args.first_failure:
+            seeds = range(seeds[0], seed + 1)  # the summary counts the seeds that ran
+            break
     print(f"sim: {len(seeds)} seeds, {violations} safety violations, {liveness} liveness failures")
     return 1 if violations or liveness else 0
 

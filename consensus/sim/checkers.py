@@ -15,6 +15,13 @@ must agree):
   did not carry that certificate, and a still later NEW-VIEW may re-propose both (PBFT dedups at
   execution too). Spec §3 says the repeat is recorded as "duplicate" and not executed; the check
   is that the host's execution (``HonestHost.executed``) follows that rule. Repeats are counted.
+* **batch times**: the times of executed non-null batches never decrease along a ledger, and
+  none lies further in the future than the tolerated skew (plus the largest honest clock
+  offset) from the true time when it is executed: honest backups refuse such batches;
+* **honest evidence is valid**: every VIEW-CHANGE an honest replica sends passes the checks
+  another honest replica applies to it, and every NEW-VIEW it sends re-proposes exactly what
+  its VIEW-CHANGEs imply (OSDI'99 §4.4). An honest replica holding a certificate that others
+  refuse accepted something it should not have (e.g. a PRE-PREPARE from a non-primary).
 
 Liveness (``LivenessChecker``): once the fault window is over, every valid transaction a client
 submitted is executed by every honest host (not Byzantine, not a twin) within the bound that
@@ -24,12 +31,18 @@ submitted is executed by every honest host (not Byzantine, not a twin) within th
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from consensus.batch import TxChecker, block_hash, commit_vote_body
 from consensus.config import ReplicaConfig
+from consensus.errors import MalformedMessage
+from consensus.messages import Message, NewView, ViewChange, decode_message, verify_message
 from consensus.output import Committed
 from consensus.sim.hosts import HonestHost
+from consensus.view_change import check_view_change, plan_new_view
 from crypto.signing import TAG_COMMIT, Verifier
+
+SENT_CHECKED_MAX = 100_000  # signatures of honest VIEW-CHANGEs / NEW-VIEWs already checked
 
 
 class SafetyChecker:
@@ -40,8 +53,13 @@ class SafetyChecker:
         tx_checker: TxChecker,
         forged: set[str],
         hosts: Sequence[HonestHost],
+        clock_skew_max_ms: int = 0,
     ) -> None:
         self._config = config
+        self._future_ms = config.time_skew_max_ms + clock_skew_max_ms
+        self._last_time: dict[int, int] = {h.index: 0 for h in hosts if h.honest}
+        self._sent_checked: set[str] = set()
+        self._sent_found: list[str] = []
         self._verifier = verifier
         self._tx_checker = tx_checker
         self._forged = forged
@@ -53,13 +71,16 @@ class SafetyChecker:
         self.repeats = 0  # committed repeats of a tx_id (not violations, see above)
         self.violations: list[str] = []
 
-    def check(self, tick: int) -> list[str]:
-        """Check what each host executed since the last call; returns the new violations."""
-        found: list[str] = []
+    def check(self, tick: int, now_ms: int = 0) -> list[str]:
+        """Check what each host executed (and sent) since the last call; returns the new
+        violations. ``now_ms`` is the true time (no host's clock offset)."""
+        found: list[str] = self._sent_found
+        self._sent_found = []
         for host in self._hosts:
             start = self._checked[host.index]
             for block in host.ledger[start:]:
                 found.extend(self._check_block(host.index, block, tick))
+                found.extend(self._check_time(host.index, block, tick, now_ms))
             self._checked[host.index] = len(host.ledger)
             found.extend(self._check_executed_once(host, tick))
         self.violations.extend(found)
@@ -91,6 +112,63 @@ class SafetyChecker:
                 executed.append(tx.tx_id)
             seen.add(tx.tx_id)
         return found
+
+    def _check_time(self, index: int, block: Committed, tick: int, now_ms: int) -> list[str]:
+        batch = block.batch
+        if batch.is_null:
+            return []
+        found = []
+        where = f"tick {tick}: host {index} seq {batch.seq}"
+        if batch.time_ms < self._last_time[index]:
+            found.append(
+                f"{where}: batch time {batch.time_ms} before the previous batch's "
+                f"{self._last_time[index]}"
+            )
+        if now_ms and batch.time_ms > now_ms + self._future_ms:
+            found.append(f"{where}: batch time {batch.time_ms - now_ms} ms in the future")
+        self._last_time[index] = max(self._last_time[index], batch.time_ms)
+        return found
+
+    def check_sent(self, index: int, wire: dict[str, Any], tick: int) -> None:
+        """An honest host sends ``wire``: VIEW-CHANGEs and NEW-VIEWs must be valid evidence."""
+        if wire.get("type") not in ("view_change", "new_view"):
+            return
+        signature = str(wire.get("signature"))
+        if signature in self._sent_checked:
+            return
+        if len(self._sent_checked) >= SENT_CHECKED_MAX:
+            self._sent_checked.clear()
+        self._sent_checked.add(signature)
+        try:
+            message = decode_message(wire)
+        except MalformedMessage as exc:
+            self._sent_found.append(f"tick {tick}: host {index} sent a malformed {exc.reason}")
+            return
+        reason = self._invalid_evidence(message)
+        if reason is not None:
+            self._sent_found.append(
+                f"tick {tick}: host {index} (honest) sent an invalid {message.TYPE} for view "
+                f"{getattr(message, 'view', '?')}: {reason}"
+            )
+
+    def _invalid_evidence(self, message: Message) -> str | None:
+        def verify(m: Message) -> bool:
+            return verify_message(self._verifier, m)
+
+        if isinstance(message, ViewChange):
+            return check_view_change(self._config, verify, message)
+        if isinstance(message, NewView):
+            senders = {vc.sender for vc in message.view_changes}
+            if len(senders) < self._config.q or len(senders) != len(message.view_changes):
+                return "not q distinct VIEW-CHANGEs"
+            for vc in message.view_changes:
+                reason = check_view_change(self._config, verify, vc)
+                if vc.view != message.view or not verify(vc) or reason is not None:
+                    return f"VIEW-CHANGE of {vc.sender[:8]} invalid ({reason})"
+            plan = plan_new_view(self._config, message.view_changes)
+            if tuple((p.seq, p.digest) for p in message.pre_prepares) != plan.proposals:
+                return "re-proposals differ from what its VIEW-CHANGEs imply"
+        return None
 
     def _check_executed_once(self, host: HonestHost, tick: int) -> list[str]:
         """The host executed exactly the first occurrence of each tx_id, in ledger order."""

@@ -10,10 +10,20 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
+from consensus.sim.adversaries import NEW_KINDS
 from consensus.sim.byzantine import BYZANTINE_KINDS
 
 TWIN = "twin"  # a faulty key run as two honest instances, partitioned apart
-BYZANTINE_CHOICES = (*sorted(BYZANTINE_KINDS), TWIN)
+NEW_KIND_CHOICES = tuple(sorted(NEW_KINDS))
+BYZANTINE_CHOICES = (*sorted(BYZANTINE_KINDS), TWIN, *NEW_KIND_CHOICES)
+
+# The adversaries of issue 8 (``adversaries``), skewed honest clocks and restarts during a view
+# change are drawn from a stream of their own, so the seeds pinned before them keep most of
+# their scenarios: a faulty seat takes one of the new kinds with this probability.
+HARDENING_STREAM = 0x8A2D_C0DE
+NEW_KIND_SHARE = 0.5
+CLOCK_SKEW_SHARE = 0.3  # seeds with some honest clocks off by up to time_skew_max_ms / 3
+VIEW_CHANGE_CRASH_SHARE = 0.3  # seeds where one, several or all honest replicas restart
 
 # Liveness bound. After the fault window ends (tick W_end, when the network heals and crashed
 # replicas restart), every valid transaction submitted so far or later must be executed by every
@@ -23,6 +33,7 @@ BYZANTINE_CHOICES = (*sorted(BYZANTINE_KINDS), TWIN)
 # about W long, and the first view after the heal may fail too (its primary may be faulty). The
 # LIVENESS_TIMEOUTS * T covers a few more view changes, checkpoints and state transfers.
 LIVENESS_TIMEOUTS = 40
+TIME_SKEW_MAX_MS = 30_000  # ReplicaConfig's default: the seeds do not draw another
 
 # batch_bytes_max: the default, or small enough that batches of ~330-byte transactions are cut
 # by bytes before batch_size_max.
@@ -50,6 +61,12 @@ class Scenario:
     forged_total: int = 3
     post_heal_submit_ticks: int = 30  # clients keep submitting this long after the heal
     negative_control: bool = False  # more than f faulty keys: only safety is expected to fail
+    clock_skews: dict[int, int] = field(default_factory=dict)  # honest index -> clock offset ms
+    # Honest replicas crashed as soon as they are in a view change after view_change_crash_tick
+    # (inside the fault window), each restarted view_change_down_ticks later.
+    view_change_crash: tuple[int, ...] = ()
+    view_change_crash_tick: int = 0
+    view_change_down_ticks: int = 0
 
     @property
     def f(self) -> int:
@@ -77,6 +94,8 @@ class Scenario:
 
     def describe(self) -> str:
         faulty = ",".join(f"{i}:{k}" for i, k in sorted(self.byzantine.items())) or "none"
+        skews = ",".join(f"{i}:{ms:+d}ms" for i, ms in sorted(self.clock_skews.items()))
+        vc_crash = ",".join(map(str, self.view_change_crash))
         crypto = "ed25519" if self.ed25519 else "hmac"
         p = self.params
         return (
@@ -86,6 +105,12 @@ class Scenario:
             f"K={p['checkpoint_interval']} L={p['watermark_window']} "
             f"batch={p['batch_size_max']}/{p['batch_bytes_max']}B depth={p['pipeline_depth_max']} "
             f"T={p['view_change_timeout_ticks']} txs={self.tx_total} forged={self.forged_total}"
+            + (f" clocks={skews}" if skews else "")
+            + (
+                f" vc_crash={vc_crash}@{self.view_change_crash_tick}+{self.view_change_down_ticks}"
+                if vc_crash
+                else ""
+            )
         )
 
 
@@ -107,14 +132,30 @@ def scenario_for_seed(seed: int, ed25519: bool = False) -> Scenario:
     params["batch_bytes_max"] = random.Random(seed ^ BYTES_STREAM).choice(BATCH_BYTES_CHOICES)
     faulty = rng.choice(range(f + 1)) if rng.random() < 0.8 else 0
     indexes = rng.sample(range(n), faulty)
-    byzantine = {i: rng.choice(BYZANTINE_CHOICES) for i in indexes}
+    byzantine = {i: rng.choice(BYZANTINE_CHOICES[: -len(NEW_KIND_CHOICES)]) for i in indexes}
+    extra = random.Random(seed ^ HARDENING_STREAM)
+    if byzantine and extra.random() < NEW_KIND_SHARE:
+        byzantine = {i: extra.choice(NEW_KIND_CHOICES) for i in sorted(byzantine)}
+    honest = [i for i in range(n) if i not in byzantine]
+    skews: dict[int, int] = {}
+    if extra.random() < CLOCK_SKEW_SHARE:
+        limit = TIME_SKEW_MAX_MS // 3
+        for i in sorted(extra.sample(honest, extra.randint(1, len(honest)))):
+            skews[i] = extra.randint(-limit, limit)
+    window = rng.randint(40, 240)
+    vc_crash: tuple[int, ...] = ()
+    if extra.random() < VIEW_CHANGE_CRASH_SHARE:
+        count = extra.choice((1, extra.randint(1, len(honest)), len(honest)))  # one/several/all
+        vc_crash = tuple(sorted(extra.sample(honest, count)))
+    vc_crash_tick = extra.randrange(1, window)
+    vc_down = extra.randint(1, 3 * int(params["view_change_timeout_ticks"]))
     return Scenario(
         seed=seed,
         n=n,
         params=params,
         byzantine=byzantine,
         ed25519=ed25519,
-        fault_window_ticks=rng.randint(40, 240),
+        fault_window_ticks=window,
         loss_p=rng.choice((0.0, 0.02, 0.1, 0.3)),
         duplicate_p=rng.choice((0.0, 0.02, 0.1)),
         delay_ticks_max=rng.choice((0, 1, 3, 10)),
@@ -125,6 +166,10 @@ def scenario_for_seed(seed: int, ed25519: bool = False) -> Scenario:
         clients=rng.randint(1, 3),
         tx_total=rng.randint(5, 40),
         forged_total=rng.randint(0, 4),
+        clock_skews=skews,
+        view_change_crash=vc_crash,
+        view_change_crash_tick=vc_crash_tick,
+        view_change_down_ticks=vc_down,
     )
 
 

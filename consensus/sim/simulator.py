@@ -14,7 +14,7 @@ import random
 from dataclasses import dataclass, field
 
 from consensus.config import ReplicaConfig
-from consensus.sim.byzantine import BYZANTINE_KINDS
+from consensus.sim.adversaries import ALL_KINDS, SkewedClockHost
 from consensus.sim.checkers import LivenessChecker, SafetyChecker
 from consensus.sim.clients import Workload
 from consensus.sim.faults import (
@@ -30,7 +30,7 @@ from consensus.sim.faults import (
 )
 from consensus.sim.hosts import Envelope, HonestHost
 from consensus.sim.keys import ClientTxChecker, make_keys
-from consensus.sim.network import IN_FLIGHT_MAX, Network
+from consensus.sim.network import IN_FLIGHT_MAX, ConsensusWire, Network
 from consensus.sim.scenario import TWIN, Scenario, scenario_for_seed
 
 CHAIN_ID = "phalanx-sim"
@@ -76,13 +76,23 @@ class Simulation:
         self.hosts: list[HonestHost] = []
         for i, signer in enumerate(keys.validators):
             kind = scenario.byzantine.get(i)
-            if kind is None or kind == TWIN:
+            host: HonestHost
+            if kind is None and i in scenario.clock_skews:
+                host = SkewedClockHost(
+                    i,
+                    self.config,
+                    signer,
+                    keys.verifier,
+                    self.tx_checker,
+                    clock_offset_ms=scenario.clock_skews[i],
+                )
+            elif kind is None or kind == TWIN:
                 host = HonestHost(
                     i, self.config, signer, keys.verifier, self.tx_checker, twin=kind == TWIN
                 )
             else:
                 host_rng = random.Random(master.getrandbits(64))
-                host = BYZANTINE_KINDS[kind](
+                host = ALL_KINDS[kind](
                     i, self.config, signer, keys.verifier, self.tx_checker, host_rng, keys.clients
                 )
             self.hosts.append(host)
@@ -122,8 +132,14 @@ class Simulation:
             self.config.f + 1,
         )
         self.safety = SafetyChecker(
-            self.config, keys.verifier, self.tx_checker, self.workload.forged, self.hosts
+            self.config,
+            keys.verifier,
+            self.tx_checker,
+            self.workload.forged,
+            self.hosts,
+            clock_skew_max_ms=max(map(abs, scenario.clock_skews.values()), default=0),
         )
+        self._vc_crash = set(scenario.view_change_crash)
         self.liveness = LivenessChecker(self.hosts)
         self._by_key: dict[str, list[int]] = {}
         for host in self.hosts:
@@ -146,7 +162,7 @@ class Simulation:
             if error is not None:
                 result.violations.append(f"tick {self.tick}: {error}")
                 break
-            if self.safety.check(self.tick):
+            if self.safety.check(self.tick, START_MS + self.tick * TICK_MS):
                 break
             if self.tick > s.heal_tick and self.workload.done_submitting and self._all_executed():
                 result.recovery_ticks = self.tick - recovery_start
@@ -175,6 +191,7 @@ class Simulation:
             self._apply(fault)
         if self.tick == self.scenario.heal_tick:
             self._heal()
+        self._crash_in_view_change()
         for sub in self.workload.submissions(self.tick, len(self.hosts), self._replies):
             for i in range(len(self.hosts)) if sub.to is None else [sub.to]:
                 self._route(i, self._host(i, "client txs").on_client_txs(sub.txs))
@@ -203,6 +220,8 @@ class Simulation:
                 targets = [to]
             else:
                 targets = [i for i in self._by_key.get(to, []) if i != src]
+            if self.hosts[src].honest and isinstance(envelope.payload, ConsensusWire):
+                self.safety.check_sent(src, envelope.payload.wire, self.tick)
             for dst in targets:
                 self.network.send(src, dst, envelope.payload, self.tick)
 
@@ -232,6 +251,21 @@ class Simulation:
             case Restart(host):
                 if not self.hosts[host].up:
                     self.hosts[host].restart()
+
+    def _crash_in_view_change(self) -> None:
+        """Restart during a view change: each chosen honest replica is killed the first time it
+        is seen changing views (after the arming tick, inside the fault window), and restarted
+        from its records and ledger a few ticks later."""
+        s = self.scenario
+        if not self._vc_crash or not s.view_change_crash_tick <= self.tick < s.heal_tick:
+            return
+        for index in sorted(self._vc_crash):
+            replica = self.hosts[index].replica
+            if replica is not None and replica.in_view_change:
+                self._vc_crash.discard(index)
+                self.hosts[index].crash()
+                restart = min(self.tick + s.view_change_down_ticks, s.heal_tick - 1)
+                self.faults.setdefault(max(restart, self.tick + 1), []).append(Restart(index))
 
     def _heal(self) -> None:
         self.network.heal(self.tick)
