@@ -41,6 +41,7 @@ from crypto.merkle import merkle_root
 from crypto.signing import TAG_COMMIT, TAG_TX
 from ledger.audit.codec import NotJsonError, canonical_bytes, is_canonical, load_json
 from ledger.audit.pool import SigCheck
+from ledger.audit.records import RecordsReport
 from ledger.execution import results_root, verify_execution_certificate
 from ledger.genesis import Genesis, GenesisError, genesis_from_document
 from ledger.state_machine import (
@@ -108,6 +109,7 @@ class LedgerReport:
     failures: list[Failure] = field(default_factory=list)
     failures_total: int = 0
     complete: bool = True  # False when the audit had to stop early
+    records: RecordsReport | None = None  # the consensus records, reported apart
     block_hashes: list[str | None] = field(default_factory=list, repr=False)  # seq s at s - 1
 
     @property
@@ -137,6 +139,7 @@ class LedgerReport:
             },
             "failures": [f.to_json() for f in self.failures],
             "failures_total": self.failures_total,
+            "records": None if self.records is None else self.records.to_json(),
         }
 
 
@@ -214,6 +217,11 @@ class LedgerAudit:
         self._index: dict[bytes, bytes] = {}  # tx_id -> seq8 + index4 of its first position
         self._client_keys: dict[str, bytes] = {}  # hex -> raw, for the clients seen so far
         self._replayed: tuple[list[bytes], list[dict[str, Any]]] = ([], [])
+
+    @property
+    def genesis(self) -> Genesis | None:
+        """The genesis the ledger was checked against, once :meth:`steps` found it."""
+        return self._genesis
 
     def _get(self, db: str, key: bytes) -> bytes | None:
         data = self._txn.get(key, db=self._dbs[db])

@@ -20,13 +20,17 @@ The report as JSON (``phalanx audit --json``)::
                   "head": {"seq": int, "hash": str | null},
                   "counts": {"blocks", "txs", "signatures", "state_keys", "balances": int},
                   "failures": [{"seq": int | null, "check": str, "detail": str}],
-                  "failures_total": int}],
+                  "failures_total": int,
+                  "records": {"ok": bool, "complete": bool, "checked": int,
+                              "failures": [{"key": str, "detail": str}],
+                              "failures_total": int} | null}],
      "divergences": [{"seq": int, "data_dirs": [str, str], "hashes": [str | null, str | null]}],
      "elapsed_s": float}
 
 ``check`` is one of: genesis, meta, block, batch, chain, certificate, tx, tx_signature, tx_ids,
 tx_root, results, tx_index, state, balances. At most 1,000 failures per ledger are listed;
-``failures_total`` counts them all.
+``failures_total`` counts them all. ``records`` reports the node's consensus records (what it
+signed: ``ledger.audit.records``) apart from the ledger's own failures; ``ok`` covers both.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ import lmdb
 
 from ledger.audit.checks import Failure, LedgerAudit, LedgerReport
 from ledger.audit.pool import SignaturePool
+from ledger.audit.records import audit_records
 from ledger.genesis import Genesis
 from ledger.store import StoreError, _open_dbs, _open_reader_env, check_data_file
 
@@ -90,7 +95,8 @@ class AuditReport:
 
     @property
     def ok(self) -> bool:
-        return all(r.ok for r in self.ledgers) and not self.divergences
+        records_ok = all(r.records is None or r.records.ok for r in self.ledgers)
+        return all(r.ok for r in self.ledgers) and records_ok and not self.divergences
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -167,7 +173,14 @@ def audit_ledger(
                 report.fail(None, "meta", f"LMDB cannot read the ledger: {exc}")
                 report.complete = False
                 failed = []
-            return checks.finish(failed)
+            finished = checks.finish(failed)
+            # What this node signed, checked apart: a damaged record stops the node, not the
+            # ledger's validity.
+            try:
+                finished.records = audit_records(txn, dbs, checks.genesis or genesis)
+            except lmdb.Error as exc:
+                finished.fail(None, "meta", f"LMDB cannot read the consensus records: {exc}")
+            return finished
         finally:
             txn.abort()
     finally:

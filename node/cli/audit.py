@@ -266,6 +266,7 @@ def _print_report(report: AuditReport, out: TextIO, data: dict[str, Any]) -> Non
             f"signatures, {ledger.state_keys:,} state keys, {ledger.balances:,} balances",
             file=out,
         )
+        _print_records(ledger, out)
         if ledger.ok:
             print("  OK: every check passed", file=out)
             continue
@@ -280,6 +281,21 @@ def _print_report(report: AuditReport, out: TextIO, data: dict[str, Any]) -> Non
         _print_comparison(report, out)
     verdict = "OK" if report.ok else "FAILED"
     print(f"\naudit {verdict} ({report.elapsed_s:.2f} s)", file=out)
+
+
+def _print_records(ledger: Any, out: TextIO) -> None:
+    """The consensus records (what the node signed), apart from the ledger's own checks."""
+    records = ledger.records
+    if records is None:
+        return
+    if not records.complete:
+        print(f"  records: {records.checked} not checked (no genesis)", file=out)
+    elif records.ok:
+        print(f"  records: {records.checked} consensus records OK", file=out)
+    else:
+        print(f"  records: FAILED: {records.failures_total} damaged consensus record(s)", file=out)
+        for failure in records.failures[:_FAILURES_SHOWN_MAX]:
+            print(f"    {failure}", file=out)
 
 
 def _print_comparison(report: AuditReport, out: TextIO) -> None:

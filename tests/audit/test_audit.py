@@ -116,7 +116,9 @@ def test_json_report_shape(
         "counts",
         "failures",
         "failures_total",
+        "records",  # the consensus records, reported apart (issue 8)
     }
+    assert ledger["records"]["ok"] is True
     assert ledger["head"]["seq"] == 7 and len(ledger["head"]["hash"]) == 64
     assert ledger["counts"] == {
         "blocks": 7,

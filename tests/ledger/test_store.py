@@ -160,7 +160,9 @@ def test_reopen_keeps_everything(tmp_path: Path, genesis: Genesis) -> None:
     path = tmp_path / "ledger"
     t = tx(ALICE, 0, {"op": "set", "key": "k", "value": "v"})
     with LedgerStore.open(path, genesis) as s:
-        s.append_block(committed(genesis, 1, [t]), records=[Record("view", {"view": 3})])
+        s.append_block(
+            committed(genesis, 1, [t]), records=[Record("view", {"view": 3, "active": True})]
+        )
         head = s.head()
         receipt = s.receipt(t.tx_id)
     with LedgerStore.open(path, genesis) as s:
@@ -173,7 +175,7 @@ def test_reopen_keeps_everything(tmp_path: Path, genesis: Genesis) -> None:
             "owner": ALICE.public_key,
             "seq": 1,
         }
-        assert s.load_records() == [Record("view", {"view": 3})]
+        assert s.load_records() == [Record("view", {"view": 3, "active": True})]
         s.append_block(committed(genesis, 2))
         assert s.head()[0] == 2
 
