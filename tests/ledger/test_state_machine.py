@@ -368,7 +368,10 @@ tx_strategy = st.tuples(
     st.lists(op_strategy, min_size=1, max_size=4),
     st.sampled_from([CHAIN_ID, CHAIN_ID, CHAIN_ID, "other-net"]),
 )
-batches_strategy = st.lists(st.lists(tx_strategy, max_size=5), min_size=1, max_size=8)
+# Each batch: its transactions, and whether to repeat an earlier one (a duplicate).
+batches_strategy = st.lists(
+    st.tuples(st.lists(tx_strategy, max_size=5), st.booleans()), min_size=1, max_size=8
+)
 Model_KV = dict[str, tuple[Any, int, str]]
 
 
@@ -432,16 +435,23 @@ class Model:
 SEEN_CODES: set[str | None] = set()
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(batches_strategy, st.sampled_from(FEES), st.integers(0, 2000), st.integers(0, 400))
 def test_state_machine_matches_the_model(
-    batches: list[list[tuple[str, int, list[Any], str]]], fee_per_byte: int, a: int, b: int
+    batches: list[tuple[list[tuple[str, int, list[Any], str]], bool]],
+    fee_per_byte: int,
+    a: int,
+    b: int,
 ) -> None:
     accounts = {A: a, B: b}
     rules = ChainRules(CHAIN_ID, fee_per_byte)
     state, model = DictState(accounts), Model(accounts, fee_per_byte)
-    for seq, batch in enumerate(batches, start=1):
+    earlier: list[Tx] = []
+    for seq, (batch, repeat) in enumerate(batches, start=1):
         txs = [fake_tx(client, nonce, *ops, chain_id=chain) for client, nonce, ops, chain in batch]
+        if repeat and earlier:
+            txs.append(earlier[seq % len(earlier)])
+        earlier.extend(txs)
         results = execute_batch(state, seq, txs, rules)
         expected = [model.apply(seq, i, t) for i, t in enumerate(txs)]
         assert results == expected
