@@ -17,11 +17,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from crypto.canonical import canonical_json
 from crypto.hexcodec import HASH_HEX_LEN, KEY_HEX_LEN, SIGNATURE_HEX_LEN, is_hex
 from crypto.merkle import inclusion_proof, merkle_root
 from crypto.signing import TAG_EXECUTION, Signer, signing_input, verify_bytes
 from ledger.genesis import Genesis
+from ledger.state_tree import fast_jcs
 
 EXECUTION_FIELDS = frozenset({"state_root", "results_root", "signatures"})
 
@@ -39,7 +39,7 @@ def execution_vote_body(
 
 
 def result_leaf(tx_id: str, result: Mapping[str, Any]) -> bytes:
-    return canonical_json({"tx_id": tx_id, "result": dict(result)})
+    return fast_jcs({"tx_id": tx_id, "result": dict(result)})
 
 
 def results_root(tx_ids: Sequence[str], results: Sequence[Mapping[str, Any]]) -> str:

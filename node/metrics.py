@@ -179,6 +179,16 @@ class NodeMetrics:
             ["reason"],
             registry=r,
         )
+        self.block_write_seconds = Counter(
+            "phalanx_block_write_seconds",
+            "CPU time spent executing and writing blocks (the writing thread's)",
+            registry=r,
+        )
+        self.roots_seconds = Counter(
+            "phalanx_state_roots_seconds",
+            "Part of that CPU time spent on the state tree and the results root",
+            registry=r,
+        )
         self.execution_conflicts = Counter(
             "phalanx_execution_vote_conflicts",
             "Execution votes that conflict with the block's certified roots, by validator",

@@ -499,6 +499,9 @@ def execute_block(
     """Append ``committed`` to the ledger (one durable write), then take its transactions out
     of the pool, wake the clients waiting for them, publish its block event, count it."""
     results = store.append_block(committed)
+    write_s, roots_s = store.last_timing
+    metrics.block_write_seconds.inc(write_s)
+    metrics.roots_seconds.inc(roots_s)
     tx_ids = [tx.tx_id for tx in committed.batch.txs]
     seq, block_hash = store.head()
     submitted_at = pool.submitted_at(tx_ids)

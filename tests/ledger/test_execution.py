@@ -410,3 +410,21 @@ def test_a_fetched_certificate_that_differs_from_our_roots_is_divergence(
     good = build_certificate(_votes(genesis, 2, (hash2, *roots2))[:3])
     votes2.on_executed(2, hash2, *roots2, certificate=good)
     assert votes2.diverged is None and store.execution(2) == good and not net2.broadcasts
+
+
+def test_after_a_restart_votes_for_uncertified_blocks_are_sent_again(
+    store: LedgerStore, genesis: Genesis
+) -> None:
+    for seq in (1, 2, 3):
+        store.append_block(committed(genesis, seq))
+    certify_execution(store, 1)
+    votes, net = _collector(store, genesis)
+    votes.start()
+    assert sorted(m["vote"]["seq"] for m in net.broadcasts) == [2, 3]
+    # The peers answer with their votes (reply: true); q of them complete the certificate.
+    roots = (store.block_hash(3) or "", *(store.roots(3) or ("", "")))
+    for i in (1, 2):
+        reply = _message(genesis, i, 3, roots)  # type: ignore[arg-type]
+        reply["reply"] = True
+        votes.on_message(VALIDATORS[i].public_key, reply)
+    assert store.execution(3) is not None and not net.sent  # replies are never answered

@@ -342,3 +342,32 @@ def test_spec_verifier_jcs_matches_project_jcs() -> None:
 
     value = {"kind": "kv", "key": 'é"\\\n', "value": [1, None, {"b": 2, "a": "ü"}], "owner": "x"}
     assert jcs(value) == canonical_json(value)
+
+
+_json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**53) + 1, 2**53 - 1)
+    | st.text(alphabet=st.characters(codec="utf-8"), max_size=8),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(
+            st.text(alphabet=st.characters(codec="utf-8"), max_size=4), children, max_size=4
+        )
+    ),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_json_values)
+def test_fast_jcs_is_rfc8785(value: Any) -> None:
+    """The C-encoder fast path of leaf data equals the exact encoder, also for keys beyond the
+    Basic Multilingual Plane (where code-point and UTF-16 orders differ) and escapes."""
+    from crypto.canonical import canonical_json
+    from ledger.state_tree import fast_jcs
+
+    assert fast_jcs(value) == canonical_json(value)
+    assert fast_jcs({"\U0001f600": 1, "\uffff": 2, "a": value}) == canonical_json(
+        {"\U0001f600": 1, "\uffff": 2, "a": value}
+    )
