@@ -36,6 +36,7 @@ class Entry:
     output: KvOutput | None = None
     ret: int | None = None
     read_kind: ReadKind | None = None
+    refused: bool = False  # refused before it could be ordered: not part of the history
 
     def operation(self) -> Operation:
         output = self.output if self.output is not None else KvOutput("unknown")
@@ -72,6 +73,11 @@ class History:
         with self._lock:
             self.entries[handle].output = KvOutput("unknown")
 
+    def discard(self, handle: int) -> None:
+        """Refused before ordering (a 4xx): it did nothing and is left out of every check."""
+        with self._lock:
+            self.entries[handle].refused = True
+
     def _complete(self, handle: int, output: KvOutput) -> None:
         with self._lock:
             entry = self.entries[handle]
@@ -81,21 +87,25 @@ class History:
 
     def counts(self) -> dict[str, int]:
         with self._lock:
-            outputs = [e.output for e in self.entries]
+            outputs = [e.output for e in self.entries if not e.refused]
+            refused = sum(1 for e in self.entries if e.refused)
         return {
             "ok": sum(1 for o in outputs if o is not None and o.status == "ok"),
             "failed": sum(1 for o in outputs if o is not None and o.status == "fail"),
             "unknown": sum(1 for o in outputs if o is None or o.status == "unknown"),
+            "refused": refused,
         }
 
     def strong(self) -> list[Operation]:
         """Writes, and reads with min_seq or proven: these must be linearizable."""
-        return [e.operation() for e in self.entries if e.read_kind != "plain"]
+        return [e.operation() for e in self.entries if e.read_kind != "plain" and not e.refused]
 
     def plain_reads_by_node(self) -> dict[Hashable, list[Operation]]:
         by_node: dict[Hashable, list[Operation]] = {}
         for e in self.entries:
             if e.read_kind == "plain" and e.output is not None and e.output.status == "ok":
+                if e.refused:
+                    continue
                 by_node.setdefault(e.node, []).append(e.operation())
         return by_node
 
@@ -118,6 +128,7 @@ class History:
                 output,
                 raw["ret"],
                 raw["read_kind"],
+                raw.get("refused", False),
             )
             history.entries.append(entry)
         return history

@@ -25,7 +25,9 @@ def test_record_round_trip_and_checks(tmp_path: Path) -> None:
     history.ok(strong, v2, 2)
     stale = history.invoke("c3", "n3", KvInput("read", "k"), read_kind="plain")
     history.ok(stale, v1, 1)
-    assert history.counts() == {"ok": 4, "failed": 0, "unknown": 1}
+    refused = history.invoke("c2", "n1", KvInput("set", "k", json_value(9)))
+    history.discard(refused)  # a 400: never ordered, not part of any check
+    assert history.counts() == {"ok": 4, "failed": 0, "unknown": 1, "refused": 1}
 
     path = tmp_path / "history.jsonl"
     history.write_jsonl(path)

@@ -1,0 +1,137 @@
+"""Clients that write and read keys through the nodes' HTTP APIs and record every operation in a
+:class:`chaos.history.History` (dev/test only).
+
+Outcomes, as :mod:`chaos.kv_model` reads them: a write answered 200 ``committed`` is ``ok`` (or
+``fail`` when its committed result is ``cas_mismatch``); one answered 202 (still pending after
+the wait), 5xx, or lost to a timeout or a broken connection is ``unknown`` (it may commit
+later); one refused with a 4xx was never ordered and is left out of the history. A read
+answered 200 (or 404: absent) is ``ok``; any other answer makes it unknown.
+
+``min_seq`` reads ask for the state as of at least the highest seq any client had seen
+acknowledged when the read began: such a read is linearizable. Plain reads may come from a
+lagging node and are checked per node (``History.plain_reads_by_node``).
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable
+from typing import Any
+
+from chaos.cluster import NetCluster
+from chaos.history import History, ReadKind
+from chaos.kv_model import KvInput, json_value
+from crypto.signing import Ed25519Signer
+from node.client import make_tx
+
+WAIT_MS = 5_000  # how long a write waits for its commit before it counts as unknown
+HTTP_TIMEOUT_S = 8.0
+
+
+class Frontier:
+    """The highest seq any client saw acknowledged (for min_seq reads)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.seq = 0
+
+    def saw(self, seq: int) -> None:
+        with self._lock:
+            self.seq = max(self.seq, seq)
+
+
+class KvClient:
+    """One client thread's operations against the cluster (nodes chosen by the caller)."""
+
+    def __init__(
+        self,
+        name: str,
+        cluster: NetCluster,
+        signer: Ed25519Signer,
+        chain_id: str,
+        history: History,
+        frontier: Frontier,
+        rng: random.Random,
+    ) -> None:
+        self.name, self.cluster, self.signer, self.chain_id = name, cluster, signer, chain_id
+        self.history, self.frontier, self.rng = history, frontier, rng
+        self._versions: dict[str, int] = {}  # last version this client saw, to aim its cas
+
+    def write(self, node: int, key: str, value: Any, cas: bool = False) -> None:
+        encoded = json_value(value)
+        if cas:
+            expect = self._versions.get(key, 0)
+            inp = KvInput("cas", key, encoded, expect)
+            op = {"op": "cas", "key": key, "expect": expect, "value": value}
+        else:
+            inp = KvInput("set", key, encoded)
+            op = {"op": "set", "key": key, "value": value}
+        tx = make_tx(self.signer, [op], self.rng.randrange(2**53), chain_id=self.chain_id)
+        handle = self.history.invoke(self.name, self.cluster.names[node], inp)
+        try:
+            status, body = self.cluster.post(
+                node, f"/v1/tx?wait=commit&timeout_ms={WAIT_MS}", tx, timeout_s=HTTP_TIMEOUT_S
+            )
+        except (OSError, ValueError):
+            self.history.unknown(handle)
+            return
+        if status == 200 and isinstance(body, dict) and body.get("status") == "committed":
+            receipt = body["receipt"]
+            self.frontier.saw(int(receipt["seq"]))
+            result = receipt.get("result") or {}
+            if result.get("ok"):
+                self.history.ok(handle)
+            elif result.get("error") == "cas_mismatch":
+                self.history.fail(handle)
+            else:
+                self.history.unknown(handle)  # another error: not modelled, matches anything
+        elif 400 <= status < 500:
+            self.history.discard(handle)
+        else:
+            self.history.unknown(handle)
+
+    def read(self, node: int, key: str, kind: ReadKind) -> None:
+        query = ""
+        if kind == "min_seq":
+            query = f"?min_seq={max(1, self.frontier.seq)}&timeout_ms={WAIT_MS}"
+        handle = self.history.invoke(
+            self.name, self.cluster.names[node], KvInput("read", key), kind
+        )
+        path = f"/v1/state/{urllib.parse.quote(key, safe='')}{query}"
+        try:
+            status, body = self.cluster.get(node, path, timeout_s=HTTP_TIMEOUT_S)
+        except (OSError, ValueError):
+            self.history.unknown(handle)
+            return
+        if status == 200 and isinstance(body, dict):
+            self._versions[key] = int(body["version"])
+            self.history.ok(handle, json_value(body["value"]), int(body["version"]))
+        elif status == 404:
+            self._versions[key] = 0
+            self.history.ok(handle, None, 0)
+        else:
+            self.history.unknown(handle)
+
+
+def run_clients(
+    clients: list[KvClient],
+    step: Callable[[KvClient], None],
+    duration_s: float,
+    ops_max: int = 10_000,
+) -> None:
+    """Each client in its own thread calls ``step`` until ``duration_s`` passed or ``ops_max``
+    operations were recorded (bounded either way)."""
+    deadline = time.monotonic() + duration_s
+
+    def loop(client: KvClient) -> None:
+        while time.monotonic() < deadline and len(client.history.entries) < ops_max:
+            step(client)
+
+    threads = [threading.Thread(target=loop, args=(c,), daemon=True) for c in clients]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(duration_s + 2 * HTTP_TIMEOUT_S + 5)
