@@ -32,11 +32,11 @@ def _cli(*args: str, cwd: Path) -> str:
     """``phalanx ARGS`` in this process (its stdout), failing loudly."""
     from node.cli.main import main
 
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.chdir(cwd):
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), contextlib.chdir(cwd):
         code = main(list(args))
     if code != 0:
-        raise RuntimeError(f"phalanx {' '.join(args)} exited {code}")
+        raise RuntimeError(f"phalanx {' '.join(args)} exited {code}: {err.getvalue()[-500:]}")
     return out.getvalue()
 
 
