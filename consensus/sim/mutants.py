@@ -307,7 +307,8 @@ class Outcome:
     seconds: float
 
 
-def run_mutant(mutant: Mutant, seeds: int) -> Outcome:
+def run_mutant(mutant: Mutant, seeds: int, start: int = 0) -> Outcome:
+    """Run seeds ``start`` .. ``start + seeds - 1`` on a copy of consensus/ with ``mutant``."""
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix=f"mutant-{mutant.name}-") as tmp:
         root = Path(tmp)
@@ -321,7 +322,7 @@ def run_mutant(mutant: Mutant, seeds: int) -> Outcome:
         code = (
             "import sys, consensus.replica as r; print('module', r.__file__, flush=True); "
             "from consensus.sim.__main__ import main; "
-            f"sys.exit(main(['--seeds', '{seeds}', '--first-failure']))"
+            f"sys.exit(main(['--seeds', '{seeds}', '--start', '{start}', '--first-failure']))"
         )
         proc = subprocess.run(
             [sys.executable, "-c", code],
