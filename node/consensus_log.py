@@ -242,15 +242,24 @@ class PeerInfo:
 class PeerTracker:
     """Per other validator: last frame received, announced head, last ``node-status``."""
 
-    def __init__(self, peers: Sequence[str], clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        peers: Sequence[str],
+        clock: Callable[[], float] = time.time,
+        on_drop: Callable[[str], None] = lambda reason: None,
+    ) -> None:
         self._clock = clock
+        self._on_drop = on_drop  # counts refused node-status messages (metrics, by reason)
         self.peers: dict[str, PeerInfo] = {p: PeerInfo() for p in peers}
 
     def on_frame(self, sender: str, wire: Mapping[str, Any]) -> bool:
         """Note a frame from ``sender``; True if it was a ``node-status`` (consumed here)."""
         info = self.peers.get(sender)
         if info is None:
-            return wire.get("type") == STATUS_MESSAGE
+            if wire.get("type") == STATUS_MESSAGE:
+                self._on_drop("status_from_unknown")
+                return True
+            return False
         now = self._clock()
         info.last_seen = now
         kind = wire.get("type")
@@ -260,7 +269,9 @@ class PeerTracker:
                 info.head_seq = seq
         elif kind == STATUS_MESSAGE:
             status = parse_status(wire)
-            if status is not None:
+            if status is None:
+                self._on_drop("bad_node_status")
+            else:
                 info.status, info.status_at = status, now
                 info.head_seq = max(info.head_seq or 0, status["seq"])
             return True

@@ -196,7 +196,10 @@ class NodeRuntime:
         # Why the node stopped serving, if it did; /v1/health reports them (node.api.operator).
         self.halted_reason: str | None = None
         self.diverged_reason: str | None = None
-        self.tracker = PeerTracker([k for k in self.genesis.validator_keys if k != me])
+        self.tracker = PeerTracker(
+            [k for k in self.genesis.validator_keys if k != me],
+            on_drop=lambda reason: self.metrics.dropped_peer_messages.labels(reason=reason).inc(),
+        )
         self.consensus_log = ConsensusLog(
             {v.pubkey: v.name for v in self.genesis.validators},
             on_view_change=lambda reason: self.metrics.view_change_starts.labels(reason).inc(),

@@ -124,7 +124,8 @@ def test_peers_catch_up_and_evidence_from_polls(events: Events) -> None:
 
 def test_peer_tracker_records_frames_heads_and_status() -> None:
     now = [100.0]
-    tracker = PeerTracker([B, C], clock=lambda: now[0])
+    drops: list[str] = []
+    tracker = PeerTracker([B, C], clock=lambda: now[0], on_drop=drops.append)
     assert tracker.on_frame(B, {"type": "prepare"}) is False
     assert tracker.last_seen_ms(B) == 100_000 and tracker.last_seen_ms(C) is None
     assert tracker.on_frame(B, {"type": "sync-head", "seq": 7, "hash": "00" * 32}) is False
@@ -137,6 +138,9 @@ def test_peer_tracker_records_frames_heads_and_status() -> None:
     # From a key that is no validator of ours: consumed, not kept.
     assert tracker.on_frame("ee" * 32, status) is True
     assert "ee" * 32 not in tracker.peers
+    assert tracker.on_frame(B, {**status, "seq": "nine"}) is True
+    assert tracker.peers[B].status == {}  # the malformed summary was not kept
+    assert drops == ["status_from_unknown", "bad_node_status"]
 
 
 @pytest.mark.parametrize(
