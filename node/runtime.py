@@ -215,7 +215,7 @@ class NodeRuntime:
             pool_size=lambda: len(self.pool),
             halted=lambda: self.halted_reason,
             diverged=lambda: self.diverged_reason,
-            evidence_count=lambda: len(self._evidence()),
+            evidence_count=lambda: len(self.evidence),
         )
         self._inbox: asyncio.Queue[_Event] = asyncio.Queue()  # bounded in _put
         self._tick_pending = False
@@ -423,20 +423,23 @@ class NodeRuntime:
     async def _operator_loop(self) -> None:
         """Log peer and catch-up events, and tell the peers how we are (node.consensus_log)."""
         polls = 0
+        evidence_seen = 0  # evidence items already handed to the log (read only when it grows)
         while True:
             await asyncio.sleep(OPERATOR_POLL_S)
             connected = self.peers.connected_peers()
             fetcher = self.block_sync.fetcher
             self.metrics.observe_peers(len(connected))
             self.io_metrics.observe_links(self.peers.metrics)
+            evidence_count = len(self.evidence)
             self.consensus_log.poll(
                 connected,
                 fetcher.active,
                 self.store.head()[0],
                 fetcher.target,
                 fetcher.blocks_fetched,
-                self._evidence(),
+                self._evidence() if evidence_count != evidence_seen else (),
             )
+            evidence_seen = evidence_count
             polls += 1
             if polls % 2 == 0:
                 status = self._status()
