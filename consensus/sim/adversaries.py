@@ -100,7 +100,8 @@ class ByzantineNewPrimary(ByzantineHost):
 
     def _forged_view_change(self, vc: ViewChange) -> ViewChange:
         seq = max((c.seq for c in vc.prepared), default=vc.stable_seq + 1)
-        forged = _forged_cert(self, vc.view - 1, seq, _null_digest(self.config, seq), ())
+        digest = _null_digest(self.config, seq) if self.rng.random() < 0.5 else self._noise()
+        forged = _forged_cert(self, _own_view_below(self, vc.view), seq, digest, ())
         prepared = (*tuple(c for c in vc.prepared if c.seq != seq), forged)
         return dataclasses.replace(vc, prepared=prepared, sender=self.key)
 
@@ -121,6 +122,16 @@ class ByzantineNewPrimary(ByzantineHost):
 
 def _signed(host: ByzantineHost, message: M) -> M:
     return sign_message(host.signer, message)
+
+
+def _own_view_below(host: ByzantineHost, view: int) -> int:
+    """The highest view below ``view`` that ``host`` leads (its pre-prepare then passes the
+    sender check), else ``view - 1``."""
+    n = host.config.n
+    for candidate in range(view - 1, max(-1, view - 1 - n), -1):
+        if host.config.primary(candidate) == host.key:
+            return candidate
+    return max(view - 1, 0)
 
 
 def _forged_cert(
@@ -146,6 +157,7 @@ class CertificateForger(ByzantineHost):
         "short_cert",
         "forged_cert",
         "mixed_cert",
+        "empty_proof",
         "short_proof",
         "duplicate_proof",
         "mismatched_proof",
@@ -190,12 +202,19 @@ class CertificateForger(ByzantineHost):
         return min(max(executed, low), high)
 
     def _forge_cert(self, vc: ViewChange, how: str) -> ViewChange:
-        seq = self._target_seq(vc)
-        view = vc.view - 1
-        primary = self.config.primary(max(view, 0))
+        # Either the null batch at a seq that committed (a fork if it wins), or a digest nobody
+        # holds just above every prepared seq (a halt if it is re-proposed).
+        view = _own_view_below(self, vc.view)
+        if self.rng.random() < 0.5:
+            seq = self._target_seq(vc)
+            digest = _null_digest(self.config, seq)
+        else:
+            top = max((c.seq for c in vc.prepared), default=self._target_seq(vc))
+            seq = min(top + 1, vc.stable_seq + self.config.watermark_window)
+            digest = self._noise()
+        primary = self.config.primary(view)
         others = [k for k in self.config.validators if k not in (self.key, primary)]
         prepares: tuple[Prepare, ...] = ()
-        digest = _null_digest(self.config, seq)
         if how == "forged_cert":
             prepares = tuple(
                 Prepare(
@@ -216,7 +235,9 @@ class CertificateForger(ByzantineHost):
         block = self._noise()
         own = _signed(self, Checkpoint(self.config.chain_id, seq, block))
         proof: tuple[Checkpoint, ...] = ()
-        if how == "duplicate_proof":
+        if how == "short_proof":
+            proof = (own,)
+        elif how == "duplicate_proof":
             proof = (own,) * self.config.q
         elif how == "mismatched_proof":
             proof = (own, *(c for s, c in sorted(self._checkpoints.items()) if s != self.key))

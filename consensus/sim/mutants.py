@@ -20,7 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -368,7 +368,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     killed = 0
     with ThreadPoolExecutor(max(1, args.jobs)) as pool:
-        for outcome in pool.map(lambda m: run_mutant(m, args.seeds), mutants):
+        # Printed as each finishes: a survivor runs every seed, a killed mutant stops early.
+        futures = [pool.submit(run_mutant, m, args.seeds) for m in mutants]
+        for future in as_completed(futures):
+            outcome = future.result()
             killed += outcome.killed
             m = outcome.mutant
             print(
