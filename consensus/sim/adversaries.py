@@ -330,11 +330,14 @@ class RogueProposer(ByzantineHost):
 class BlockLiar(ByzantineHost):
     """Serves state transfer with blocks whose certificates are bad: a null batch under the real
     block's certificate, the real batch under a certificate of garbage signatures, or under
-    another block's certificate. It lures laggards with head announcements a little ahead."""
+    another block's certificate, or real blocks after a gap. It lures laggards with head
+    announcements a little ahead."""
 
     kind = "block_liar"
 
     def _rewrite_blocks(self, blocks: tuple[Committed, ...]) -> tuple[Committed, ...]:
+        if len(blocks) > 1 and self.rng.random() < 0.2:
+            return blocks[1:]  # real blocks, but with a gap before them
         out = []
         for i, block in enumerate(blocks):
             batch, cert = block.batch, block.certificate
