@@ -14,18 +14,10 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 from chaos.netns import ensure_nftables, unavailable_reason
-from chaos.scenario import Report, run_partition_primary
-
-SCENARIOS: dict[str, tuple[str, Callable[[Path, int], Report]]] = {
-    "partition-primary": (
-        "4 nodes; the primary cut off for 8 s under load, then healed",
-        lambda workdir, seed: run_partition_primary(workdir, seed),
-    ),
-}
+from chaos.scenario import SCENARIOS, run
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,8 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args(argv)
     if args.list:
-        for name, (summary, _) in SCENARIOS.items():
-            print(f"{name}\t{summary}")
+        for name, spec in SCENARIOS.items():
+            print(f"{name}\t{spec.summary}")
         return 0
     reason = unavailable_reason() or ensure_nftables()
     if reason is not None:
@@ -48,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     names = args.scenario or list(SCENARIOS)
     passed = 0
     for name in names:
-        report = SCENARIOS[name][1](workdir / name, args.seed)
+        report = run(SCENARIOS[name], workdir / name, args.seed)
         print(report.line(), flush=True)
         for note in report.notes:
             print(f"  note: {note}", flush=True)

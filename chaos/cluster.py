@@ -17,7 +17,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +50,11 @@ class NetCluster:
         self.processes: dict[int, subprocess.Popen[bytes]] = {}
         self.pubkeys: list[str] = []
 
-    def setup(self, fee_per_byte: int = 0) -> None:
+    def setup(
+        self, fee_per_byte: int = 0, relay_port: Callable[[int, int], int] | None = None
+    ) -> None:
+        """Keys, genesis and configs. With ``relay_port``, node i reaches node j at
+        127.0.0.1:relay_port(i, j) in its own host (a relay there forwards to j)."""
         self.dir.mkdir(parents=True, exist_ok=True)
         for name in self.names:
             (self.dir / name).mkdir()
@@ -66,6 +70,8 @@ class NetCluster:
             address = self.net.hosts[i].address
             peers = [
                 f"--peer={other}={self.net.hosts[j].address}:{PEER_PORT}"
+                if relay_port is None
+                else f"--peer={other}=127.0.0.1:{relay_port(i, j)}"
                 for j, other in enumerate(self.names)
                 if j != i
             ]

@@ -10,23 +10,27 @@ no evidence appears (nobody misbehaved), and how long commits took to resume.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from chaos.cluster import ROOT, NetCluster
+from chaos.cluster import PEER_PORT, ROOT, NetCluster
 from chaos.history import History
 from chaos.kv_model import KV_MODEL
 from chaos.linearizability import Verdict, check_operations, check_per_node
 from chaos.netns import TestNet
+from chaos.relay import LinkShape
 from chaos.workload import Frontier, KvClient, run_clients
 from crypto.keys import load_private_key
+from ledger.evidence import EVIDENCE_PER_VALIDATOR_MAX
 from ledger.genesis import load_genesis
 
 KEYS = ("k0", "k1", "k2")
@@ -42,8 +46,10 @@ class Report:
     ledgers_equal: bool = False
     audit_ok: bool = False
     evidence: int = 0
-    resumed_after_fault_s: float | None = None
-    converged_after_heal_s: float | None = None
+    evidence_ok: bool = False
+    resumed_after_fault_s: float | None = None  # majority commits again after the fault began
+    recovered_after_heal_s: float | None = None  # every node commits past the head at the heal
+    converged_after_load_s: float | None = None  # one head everywhere once the clients stopped
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -53,8 +59,10 @@ class Report:
             and self.per_node == Verdict.OK.value
             and self.ledgers_equal
             and self.audit_ok
-            and self.evidence == 0
+            and self.evidence_ok
             and self.resumed_after_fault_s is not None
+            and self.recovered_after_heal_s is not None
+            and self.converged_after_load_s is not None
         )
 
     def line(self) -> str:
@@ -64,7 +72,10 @@ class Report:
             f"ops ok/failed/unknown {c.get('ok')}/{c.get('failed')}/{c.get('unknown')} "
             f"linearizable={self.linearizable} per_node={self.per_node} "
             f"ledgers_equal={self.ledgers_equal} audit={self.audit_ok} evidence={self.evidence} "
-            f"resumed={_s(self.resumed_after_fault_s)} converged={_s(self.converged_after_heal_s)}"
+            f"evidence_ok={self.evidence_ok} "
+            f"resumed={_s(self.resumed_after_fault_s)} "
+            f"recovered_after_heal={_s(self.recovered_after_heal_s)} "
+            f"converged={_s(self.converged_after_load_s)}"
         )
 
 
@@ -88,10 +99,13 @@ def _step(client: KvClient, nodes: list[int]) -> None:
 
 
 class _Watcher:
-    """Seconds from start until one of ``nodes`` executes a block beyond ``seq`` (polled)."""
+    """Seconds from start until one of ``nodes`` (``every``: each of them) executed a block
+    beyond ``seq`` (polled every 0.1 s)."""
 
-    def __init__(self, cluster: NetCluster, nodes: list[int], seq: int) -> None:
-        self._cluster, self._nodes, self._seq = cluster, nodes, seq
+    def __init__(
+        self, cluster: NetCluster, nodes: list[int], seq: int, every: bool = False
+    ) -> None:
+        self._cluster, self._nodes, self._seq, self._every = cluster, nodes, seq, every
         self._stop = threading.Event()
         self._started = time.monotonic()
         self.after_s: float | None = None
@@ -104,7 +118,8 @@ class _Watcher:
     def _loop(self) -> None:
         while not self._stop.wait(0.1):
             heads = self._cluster.heads(self._nodes)
-            if any(h is not None and h[0] > self._seq for h in heads.values()):
+            beyond = [h is not None and h[0] > self._seq for h in heads.values()]
+            if all(beyond) if self._every else any(beyond):
                 self.after_s = time.monotonic() - self._started
                 return
 
@@ -114,17 +129,56 @@ class _Watcher:
         return self.after_s
 
 
+@dataclass
+class Ctx:
+    net: TestNet
+    cluster: NetCluster
+    primary: int
+    others: list[int]
+
+
+@dataclass(frozen=True)
+class Spec:
+    """A scenario: what runs where, the fault applied for ``fault_s`` under load, the heal."""
+
+    name: str
+    summary: str
+    fault: Callable[[Ctx], None] = lambda ctx: None
+    heal: Callable[[Ctx], None] = lambda ctx: ctx.net.heal()
+    byzantine: tuple[int, str] | None = None  # (node, chaos.byzantine behaviour)
+    evidence_kind: str | None = None  # what the Byzantine node's equivocations must show as
+    skew_ms: tuple[tuple[int, int], ...] = ()  # (node, wall-clock offset)
+    relay: LinkShape | None = None  # every peer link through a delaying relay
+    fault_s: float = 8.0
+    load_s: float = 3.0
+
+
 def run_partition_primary(
     workdir: Path, seed: int = 1, fault_s: float = 8.0, load_s: float = 3.0
 ) -> Report:
-    report = Report("partition-primary", seed)
+    spec = SCENARIOS["partition-primary"]
+    return run(dataclasses.replace(spec, fault_s=fault_s, load_s=load_s), workdir, seed)
+
+
+def run(spec: Spec, workdir: Path, seed: int = 1) -> Report:
+    report = Report(spec.name, seed)
     rng = random.Random(seed)
+    record = workdir / "equivocations.jsonl"
     with TestNet(4) as net:
         cluster = NetCluster(net, workdir)
-        cluster.setup()
+        cluster.setup(relay_port=_relay_port if spec.relay is not None else None)
         try:
+            if spec.relay is not None:
+                _start_relays(cluster, spec.relay, seed)
+            skews = dict(spec.skew_ms)
             for i in range(4):
-                cluster.start(i)
+                wrapper: list[str] = []
+                if spec.byzantine is not None and spec.byzantine[0] == i:
+                    wrapper = ["-m", "chaos.byzantine", "--behaviour", spec.byzantine[1]]
+                    wrapper += ["--seed", str(seed), "--record", str(record)]
+                elif i in skews:
+                    wrapper = ["-m", "chaos.clock", "--offset-ms", str(skews[i])]
+                cluster.start(i, wrapper)
             cluster.wait_ready(range(4))
             genesis = load_genesis(workdir / "genesis.json")
             signer = load_private_key(workdir / "client.key")
@@ -136,35 +190,154 @@ def run_partition_primary(
             ]  # fmt: skip
             status = cluster.status(0) or {}
             primary = cluster.pubkeys.index(status["primary"])
-            others = [i for i in range(4) if i != primary]
-            run_clients(clients, lambda c: _step(c, list(range(4))), load_s)
+            ctx = Ctx(net, cluster, primary, [i for i in range(4) if i != primary])
+            everyone = list(range(4))
+            run_clients(clients, lambda c: _step(c, everyone), spec.load_s)
 
-            net.isolate(primary)
-            seq_at_fault = max(h[0] for h in cluster.heads(others).values() if h is not None)
-            watcher = _Watcher(cluster, others, seq_at_fault).start()
-            run_clients(clients, lambda c: _step(c, list(range(4))), fault_s)
+            spec.fault(ctx)
+            seq_at_fault = max(h[0] for h in cluster.heads(ctx.others).values() if h is not None)
+            watcher = _Watcher(cluster, ctx.others, seq_at_fault).start()
+            run_clients(clients, lambda c: _step(c, everyone), spec.fault_s)
             report.resumed_after_fault_s = watcher.stop()
             if report.resumed_after_fault_s is None:
-                report.notes.append("the majority never committed during the partition")
-            net.heal()
-            healed = time.monotonic()
-            run_clients(clients, lambda c: _step(c, list(range(4))), load_s)
-            report.converged_after_heal_s = _converge(cluster, healed)
+                report.notes.append("no commit beyond the head at the fault, during the fault")
+            spec.heal(ctx)
+            seq_at_heal = max(h[0] for h in cluster.heads(everyone).values() if h is not None)
+            recovery = _Watcher(cluster, everyone, seq_at_heal, every=True).start()
+            run_clients(clients, lambda c: _step(c, everyone), spec.load_s)
+            report.recovered_after_heal_s = recovery.stop()
+            if report.recovered_after_heal_s is None:
+                report.notes.append("some node did not commit past the head at the heal")
+            report.converged_after_load_s = _converge(cluster, time.monotonic())
             report.counts = history.counts()
             report.linearizable = check_operations(KV_MODEL, history.strong()).verdict.value
             report.per_node = check_per_node(
                 KV_MODEL, history.strong(), history.plain_reads_by_node()
             ).verdict.value
             history.write_jsonl(workdir / "history.jsonl")
-            report.evidence = sum(
-                len(cluster.get(i, "/v1/evidence")[1]["evidence"]) for i in range(4)
-            )
+            _check_evidence(spec, cluster, record, report)
             heads = cluster.heads(range(4))
             report.ledgers_equal = len(set(heads.values())) == 1 and None not in heads.values()
         finally:
             cluster.stop_all()
         report.audit_ok = _audit(cluster)
     return report
+
+
+def _relay_port(i: int, j: int) -> int:
+    return 7200 + 10 * i + j
+
+
+def _start_relays(cluster: NetCluster, shape: LinkShape, seed: int) -> None:
+    """In each host i, one relay per peer j on 127.0.0.1: what node i sends to j is delayed."""
+    for i in range(4):
+        for j in range(4):
+            if i == j:
+                continue
+            argv = [
+                sys.executable, "-m", "chaos.relay",
+                "--listen", f"127.0.0.1:{_relay_port(i, j)}",
+                "--target", f"{cluster.net.hosts[j].address}:{PEER_PORT}",
+                "--delay-ms", str(shape.delay_ms), "--jitter-ms", str(shape.jitter_ms),
+                "--stall-p", str(shape.stall_p), "--stall-ms", str(shape.stall_ms),
+                "--seed", str(seed * 100 + 10 * i + j),
+            ]  # fmt: skip
+            relay = cluster.net.spawn(i, argv, cwd=ROOT, stdout=subprocess.PIPE)
+            line = relay.stdout.readline() if relay.stdout is not None else b""
+            if b"relay listening" not in line:
+                raise RuntimeError(f"relay {i}->{j} did not start: {line!r}")
+    cluster.net.delay_mode = "relay"
+
+
+def _check_evidence(spec: Spec, cluster: NetCluster, record: Path, report: Report) -> None:
+    items = {i: cluster.get(i, "/v1/evidence")[1]["evidence"] for i in range(4)}
+    report.evidence = sum(len(v) for v in items.values())
+    if spec.byzantine is None or spec.evidence_kind is None:
+        report.evidence_ok = report.evidence == 0
+        return
+    byzantine = cluster.pubkeys[spec.byzantine[0]]
+    lines = record.read_text().splitlines() if record.exists() else []
+    slots = {(e.get("view", 0), e["seq"]) for e in map(json.loads, lines)}
+    missing = 0
+    for i in range(4):
+        if i == spec.byzantine[0]:
+            continue
+        found = {
+            (e["a"]["object"].get("view", 0), e["a"]["object"]["seq"])
+            for e in items[i]
+            if e["kind"] == spec.evidence_kind and e["validator"] == byzantine
+        }
+        # Stored evidence is bounded per validator (ledger.evidence): expect the first ones.
+        expected = set(sorted(slots, key=lambda s: s[1])[:EVIDENCE_PER_VALIDATOR_MAX])
+        missing += len(expected - found)
+    report.evidence_ok = bool(slots) and missing == 0
+    if not slots:
+        report.notes.append("the Byzantine node recorded no equivocation")
+    elif missing:
+        report.notes.append(f"{missing} recorded equivocations are not evidence on honest nodes")
+
+
+def _one_way_from_primary(ctx: Ctx) -> None:
+    for j in ctx.others:
+        ctx.net.block(ctx.primary, j)
+
+
+def _loss_everywhere(ctx: Ctx) -> None:
+    for i in range(4):
+        ctx.net.loss(i, 30)
+
+
+SCENARIOS: dict[str, Spec] = {
+    spec.name: spec
+    for spec in (
+        Spec(
+            "partition-primary",
+            "the primary cut off from the other three under load, then healed",
+            fault=lambda ctx: ctx.net.isolate(ctx.primary),
+        ),
+        Spec(
+            "partition-backup",
+            "one backup cut off under load, then healed (it must catch up)",
+            fault=lambda ctx: ctx.net.isolate(ctx.others[-1]),
+        ),
+        Spec(
+            "bridge",
+            "two sides that each reach only one middle node, then healed",
+            fault=lambda ctx: ctx.net.bridge([ctx.others[0]], ctx.primary, ctx.others[1:]),
+        ),
+        Spec(
+            "one-way-primary",
+            "nothing from the primary reaches the others (they still reach it), then healed",
+            fault=_one_way_from_primary,
+        ),
+        Spec(
+            "loss",
+            "30% packet loss into every node, then healed",
+            fault=_loss_everywhere,
+        ),
+        Spec(
+            "delay-jitter",
+            "every peer link through a relay: 40 ms +- 20 ms, stalls of 200 ms at 2%",
+            relay=LinkShape(delay_ms=40, jitter_ms=20, stall_p=0.02, stall_ms=200),
+        ),
+        Spec(
+            "byzantine-equivocate-commits",
+            "a backup signs two COMMITs for every slot; all must become evidence",
+            byzantine=(3, "equivocate-commits"),
+            evidence_kind="commit",
+        ),
+        Spec(
+            "byzantine-silent",
+            "a backup sends no consensus message at all",
+            byzantine=(3, "silent"),
+        ),
+        Spec(
+            "clock-skew",
+            "one backup 4 s ahead and another 3 s behind",
+            skew_ms=((2, 4_000), (3, -3_000)),
+        ),
+    )
+}
 
 
 def _converge(cluster: NetCluster, since: float, limit_s: float = 60.0) -> float | None:
