@@ -83,7 +83,7 @@ class SubmitResult:
 
     tx_id: str | None = None
     status: str | None = None  # "pending" or "committed"
-    error: str | None = None  # a TxError code, or "pool_full"
+    error: str | None = None  # a TxError code, "insufficient_fee" or "pool_full"
     detail: str | None = None
 
     @property
