@@ -40,6 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -338,11 +339,12 @@ async def _validator_link(
 
 
 async def _as_faulty_validator(
-    net: Net, stop: asyncio.Event, frames: Callable[[], list[bytes]]
+    net: Net, stop: asyncio.Event, frames: Callable[[], list[list[bytes]]]
 ) -> None:
+    rounds = frames()  # before node3 stops: the attack starts the moment it is down
+    attempt = 0
     phalanx("testnet", "kill", "node3", "--dir", str(net.dir))
     try:
-        blobs = frames()
         while not stop.is_set():
             try:
                 _reader, writer = await asyncio.wait_for(_validator_link(net, 3, 0), 2)
@@ -351,27 +353,30 @@ async def _as_faulty_validator(
                 continue
             with contextlib.suppress(OSError, ConnectionError, TimeoutError):
                 while not stop.is_set() and not writer.is_closing():
-                    for blob in blobs:
+                    for blob in rounds[attempt % len(rounds)]:
                         writer.write(blob)
                     await asyncio.wait_for(writer.drain(), 2)
             writer.close()
+            attempt += 1
             await asyncio.sleep(0.1)
     finally:
         phalanx("testnet", "start", "node3", "--dir", str(net.dir))
 
 
 async def attack_byz_frames(net: Net, stop: asyncio.Event) -> None:
-    def frames() -> list[bytes]:
+    def frames() -> list[list[bytes]]:
         # An object (so it is not refused as a non-object at once), spaced (no fast path).
         payload = b'{"a": [' + b", ".join([b"{}"] * 2_000_000) + b"]}"
         braces = struct.pack(">I", len(payload)) + payload
+        status = json.loads(urllib.request.urlopen(f"{net.url(0)}/v1/status", timeout=5).read())
+        # Inside the watermarks of the current view: the node must check each signature.
         commits = [
             encode_frame(
                 {
                     "type": "commit",
                     "chain_id": net.chain_id,
-                    "view": 0,
-                    "seq": 1 + k,
+                    "view": status["view"],
+                    "seq": status["seq"] + 1 + k % 100,
                     "digest": "ab" * 32,
                     "sender": net.keys[3],
                     "signature": "cd" * 64,
@@ -379,13 +384,13 @@ async def attack_byz_frames(net: Net, stop: asyncio.Event) -> None:
             )
             for k in range(2000)
         ]
-        return [*commits, braces]
+        return [[braces], commits]  # one link: the expensive frame, the next: bad signatures
 
     await _as_faulty_validator(net, stop, frames)
 
 
 async def attack_byz_relay(net: Net, stop: asyncio.Event) -> None:
-    def frames() -> list[bytes]:
+    def frames() -> list[list[bytes]]:
         bad = []
         for k in range(500):
             tx = make_tx(
@@ -393,7 +398,7 @@ async def attack_byz_relay(net: Net, stop: asyncio.Event) -> None:
             )
             tx["sig"] = "00" * 64
             bad.append(tx)
-        return [encode_frame({"type": "relay-txs", "txs": bad})] * 20
+        return [[encode_frame({"type": "relay-txs", "txs": bad})] * 20]
 
     await _as_faulty_validator(net, stop, frames)
 

