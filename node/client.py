@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import ssl
 import time
 import urllib.error
 import urllib.parse
@@ -145,9 +146,24 @@ def tx_id_of(tx: Mapping[str, Any]) -> str:
 class Client:
     """One node's API. ``base_url`` is like ``http://127.0.0.1:7000``."""
 
-    def __init__(self, base_url: str, timeout_s: float = TIMEOUT_S_DEFAULT) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        timeout_s: float = TIMEOUT_S_DEFAULT,
+        cacert: Path | None = None,
+    ) -> None:
+        """``cacert``: a PEM file of the certificate(s) to trust for an ``https://`` node
+        (its own self-signed certificate, say); by default the system's CAs."""
         self.base_url = base_url.rstrip("/")
         self.timeout_s = timeout_s
+        self._ssl: ssl.SSLContext | None = None
+        if cacert is not None:
+            try:
+                self._ssl = ssl.create_default_context(cafile=cacert)
+            except (OSError, ssl.SSLError) as exc:
+                raise ClientError(
+                    f"cannot use {cacert} as the certificate to trust: {exc}; give a PEM file"
+                ) from exc
 
     # -- writing --
 
@@ -337,7 +353,7 @@ class Client:
 
     def _open(self, request: urllib.request.Request, timeout_s: float | None) -> Any:
         try:
-            return urllib.request.urlopen(request, timeout=timeout_s)
+            return urllib.request.urlopen(request, timeout=timeout_s, context=self._ssl)
         except urllib.error.HTTPError as exc:
             raise _api_error(exc) from None
         except (urllib.error.URLError, OSError) as exc:

@@ -145,7 +145,7 @@ class LimitsConfig(_Section):
         default=16, ge=1, description="requests of one address handled at once; more get 429"
     )
     http_txs_per_s_per_ip: float = Field(
-        default=5_000.0, gt=0, description="transactions one address may submit per second"
+        default=10_000.0, gt=0, description="transactions one address may submit per second"
     )
 
     @model_validator(mode="after")

@@ -28,6 +28,7 @@ import aiohttp
 
 from crypto.hashing import hash_object
 from crypto.signing import TAG_TX, Ed25519Signer, signing_input, verify_bytes
+from node.p2p.guard import PLAINTEXT_ENV
 
 
 def measure_ed25519(samples: int = 3000) -> tuple[float, float]:
@@ -176,6 +177,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     tps = len(committed) / elapsed if committed else 0.0
     idle = await idle_latencies(urls, client, chain_id, args.idle_txs)
     return {
+        # TLS unless the testnet was started with PHALANX_INSECURE_BENCH_PLAINTEXT_LINKS=1
+        # (node.p2p.guard), which exists only to measure what TLS costs.
+        "peer_links": "plaintext" if os.environ.get(PLAINTEXT_ENV) == "1" else "tls",
         "cores": cores,
         "ed25519_sign_per_s": round(1 / t_sign),
         "ed25519_verify_per_s": round(1 / t_verify),

@@ -63,7 +63,7 @@ class HttpLimits:
     keepalive_s: float = 75.0
     header_timeout_s: float = 10.0
     requests_in_flight_per_ip: int = 16
-    txs_per_s_per_ip: float = 5_000.0
+    txs_per_s_per_ip: float = 10_000.0
 
 
 def http_limits(config: NodeConfig) -> HttpLimits:
@@ -282,7 +282,7 @@ class ClientLimiter:
             if len(self._buckets) >= IP_STATE_MAX:
                 self._buckets.pop(next(iter(self._buckets)))
             rate = self.limits.txs_per_s_per_ip
-            bucket = self._buckets[ip] = TokenBucket(rate, max(rate, 1000.0))
+            bucket = self._buckets[ip] = TokenBucket(rate, max(2 * rate, 1000.0))
         return bucket.spend(count)
 
 

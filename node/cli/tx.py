@@ -68,6 +68,11 @@ def register(subparsers: Any) -> None:
     )
     common.add_argument("--key", required=True, type=Path, help="client key file (64 hex seed)")
     common.add_argument(
+        "--cacert",
+        type=Path,
+        help="PEM certificate to trust for an https:// node URL (e.g. the node's own)",
+    )
+    common.add_argument(
         "--genesis",
         type=Path,
         help="genesis file: the chain to sign for, and to verify the receipt with",
@@ -207,7 +212,7 @@ def run(args: argparse.Namespace) -> int:
                 EXIT_USAGE,
             )
         try:
-            chain_id = Client(args.url).chain_id()
+            chain_id = Client(args.url, cacert=args.cacert).chain_id()
         except ClientError as exc:
             return _fail(f"cannot ask the node for its chain_id: {exc}")
     try:
@@ -217,8 +222,8 @@ def run(args: argparse.Namespace) -> int:
     if args.sign_only:
         print(json.dumps(tx))
         return EXIT_OK
-    client = Client(args.url)
     try:
+        client = Client(args.url, cacert=args.cacert)
         answer = client.submit(tx, wait=True, timeout_ms=args.timeout_ms)
         if answer.get("status") != "committed":
             return _fail(
