@@ -9,6 +9,8 @@ bridge are the test's own (random names) and are removed at the end, even on fai
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import secrets
@@ -25,6 +27,8 @@ from typing import Any
 
 import pytest
 
+from node.cli.main import main as phalanx_main
+
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 NODES = 4
@@ -38,14 +42,15 @@ def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 
 
 def _phalanx(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "node.cli", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
-    )
+    """``phalanx ARGS`` run in this process (in ``cwd``), as a shell would see it: the exit
+    code, stdout and stderr. In-process because each fresh interpreter costs seconds here."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.chdir(cwd), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = phalanx_main(list(args))
+        except SystemExit as exc:
+            code = int(exc.code or 0)
+    return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
 
 
 class Hosts:
