@@ -231,6 +231,6 @@ def test_bodies_are_parsed_and_verified_off_the_event_loop(tmp_path: Path) -> No
         await asyncio.gather(*(post() for _ in range(4)))
         stop.set()
         await tick
-        assert max(gaps) < 0.25, f"the loop stalled {max(gaps):.3f} s"
+        assert max(gaps) < 0.5, f"the loop stalled {max(gaps):.3f} s"
 
     serve(tmp_path, HttpLimits(), scenario)
