@@ -11,5 +11,7 @@ project root, and ``scripts/chaos`` runs it the same way.
 * :mod:`chaos.netns`: test hosts in network namespaces with partitions and loss (nftables);
 * :mod:`chaos.relay`: a userspace TCP relay adding delay, jitter and stalls where netem is absent;
 * :mod:`chaos.clock`: start a node process with a clock offset (clock-skew tests);
-* :mod:`chaos.byzantine`: run the real node with a Byzantine hook on what it sends.
+* :mod:`chaos.byzantine`: run the real node with a Byzantine hook on what it sends;
+* :mod:`chaos.cluster`, :mod:`chaos.workload`, :mod:`chaos.scenario`: real nodes in namespaces,
+  recording clients, and the named scenarios ``scripts/chaos`` runs (``python -m chaos``).
 """

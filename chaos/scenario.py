@@ -47,6 +47,8 @@ class Report:
     audit_ok: bool = False
     evidence: int = 0
     evidence_ok: bool = False
+    acked: int = 0  # transactions acknowledged committed to a client
+    acked_missing: int = -1  # (node, acknowledged transaction) pairs missing from a ledger
     resumed_after_fault_s: float | None = None  # majority commits again after the fault began
     recovered_after_heal_s: float | None = None  # every node commits past the head at the heal
     converged_after_load_s: float | None = None  # one head everywhere once the clients stopped
@@ -60,6 +62,7 @@ class Report:
             and self.ledgers_equal
             and self.audit_ok
             and self.evidence_ok
+            and self.acked_missing == 0
             and self.resumed_after_fault_s is not None
             and self.recovered_after_heal_s is not None
             and self.converged_after_load_s is not None
@@ -72,7 +75,7 @@ class Report:
             f"ops ok/failed/unknown {c.get('ok')}/{c.get('failed')}/{c.get('unknown')} "
             f"linearizable={self.linearizable} per_node={self.per_node} "
             f"ledgers_equal={self.ledgers_equal} audit={self.audit_ok} evidence={self.evidence} "
-            f"evidence_ok={self.evidence_ok} "
+            f"evidence_ok={self.evidence_ok} acked={self.acked} missing={self.acked_missing} "
             f"resumed={_s(self.resumed_after_fault_s)} "
             f"recovered_after_heal={_s(self.recovered_after_heal_s)} "
             f"converged={_s(self.converged_after_load_s)}"
@@ -216,12 +219,28 @@ def run(spec: Spec, workdir: Path, seed: int = 1) -> Report:
             ).verdict.value
             history.write_jsonl(workdir / "history.jsonl")
             _check_evidence(spec, cluster, record, report)
+            report.acked = len(frontier.acked)
+            report.acked_missing = _missing_acked(cluster, frontier.acked)
             heads = cluster.heads(range(4))
             report.ledgers_equal = len(set(heads.values())) == 1 and None not in heads.values()
         finally:
             cluster.stop_all()
         report.audit_ok = _audit(cluster)
     return report
+
+
+def _missing_acked(cluster: NetCluster, acked: list[str]) -> int:
+    """How many (node, acknowledged tx) pairs a node does not hold as committed."""
+    missing = 0
+    for i in range(4):
+        for tx_id in acked:
+            try:
+                status, body = cluster.get(i, f"/v1/tx/{tx_id}", timeout_s=5.0)
+            except (OSError, ValueError):
+                status, body = 0, None
+            if status != 200 or not isinstance(body, dict) or body.get("status") != "committed":
+                missing += 1
+    return missing
 
 
 def _relay_port(i: int, j: int) -> int:

@@ -25,22 +25,25 @@ from chaos.cluster import NetCluster
 from chaos.history import History, ReadKind
 from chaos.kv_model import KvInput, json_value
 from crypto.signing import Ed25519Signer
-from node.client import make_tx
+from node.client import make_tx, tx_id_of
 
 WAIT_MS = 5_000  # how long a write waits for its commit before it counts as unknown
 HTTP_TIMEOUT_S = 8.0
 
 
 class Frontier:
-    """The highest seq any client saw acknowledged (for min_seq reads)."""
+    """The highest seq any client saw acknowledged (for min_seq reads), and the ids of every
+    transaction acknowledged as committed (each must be in every honest ledger at the end)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.seq = 0
+        self.acked: list[str] = []
 
-    def saw(self, seq: int) -> None:
+    def saw(self, seq: int, tx_id: str) -> None:
         with self._lock:
             self.seq = max(self.seq, seq)
+            self.acked.append(tx_id)
 
 
 class KvClient:
@@ -80,7 +83,7 @@ class KvClient:
             return
         if status == 200 and isinstance(body, dict) and body.get("status") == "committed":
             receipt = body["receipt"]
-            self.frontier.saw(int(receipt["seq"]))
+            self.frontier.saw(int(receipt["seq"]), tx_id_of(tx))
             result = receipt.get("result") or {}
             if result.get("ok"):
                 self.history.ok(handle)
