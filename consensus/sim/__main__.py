@@ -62,6 +62,7 @@ def _report(result: SimResult, replay: str) -> None:
         f"  ticks={result.ticks} blocks={result.blocks} views={list(result.views)} "
         f"packets={result.packets} repeats={result.repeats} "
         f"recovery={result.recovery_ticks}/{result.recovery_bound} "
+        f"vc_restarts={result.view_change_restarts} "
         f"fingerprint={result.fingerprint[:16]}"
     )
     for line in result.violations:

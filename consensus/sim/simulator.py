@@ -54,6 +54,7 @@ class SimResult:
     repeats: int = 0  # tx_ids committed again (recorded as duplicates, not executed)
     recovery_ticks: int = -1  # from max(heal, last submission) until all executed; -1: never
     recovery_bound: int = 0  # what the liveness bound allowed for it
+    view_change_restarts: int = 0  # honest replicas killed and restarted during a view change
     fingerprint: str = ""  # a hash of the outcome: equal for two runs of one seed
 
     @property
@@ -140,6 +141,7 @@ class Simulation:
             clock_skew_max_ms=max(map(abs, scenario.clock_skews.values()), default=0),
         )
         self._vc_crash = set(scenario.view_change_crash)
+        self.view_change_restarts = 0
         self.liveness = LivenessChecker(self.hosts)
         self._by_key: dict[str, list[int]] = {}
         for host in self.hosts:
@@ -253,19 +255,29 @@ class Simulation:
                     self.hosts[host].restart()
 
     def _crash_in_view_change(self) -> None:
-        """Restart during a view change: each chosen honest replica is killed the first time it
-        is seen changing views (after the arming tick, inside the fault window), and restarted
-        from its records and ledger a few ticks later."""
+        """Restart during a view change: the first time (after the arming tick, inside the
+        fault window) an honest replica is seen changing views, the chosen honest replicas (one,
+        several or all of them) are killed together, and restarted from their records and
+        ledgers a few ticks later (each its own delay)."""
         s = self.scenario
         if not self._vc_crash or not s.view_change_crash_tick <= self.tick < s.heal_tick:
             return
-        for index in sorted(self._vc_crash):
-            replica = self.hosts[index].replica
-            if replica is not None and replica.in_view_change:
-                self._vc_crash.discard(index)
-                self.hosts[index].crash()
-                restart = min(self.tick + s.view_change_down_ticks, s.heal_tick - 1)
-                self.faults.setdefault(max(restart, self.tick + 1), []).append(Restart(index))
+        changing = any(
+            h.replica is not None and h.replica.in_view_change
+            for h in self.hosts
+            if h.honest and not h.twin
+        )
+        if not changing:
+            return
+        for offset, index in enumerate(sorted(self._vc_crash)):
+            if not self.hosts[index].up:
+                continue
+            self.hosts[index].crash()
+            self.view_change_restarts += 1
+            delay = max(1, s.view_change_down_ticks - offset)
+            restart = min(self.tick + delay, s.heal_tick - 1)
+            self.faults.setdefault(max(restart, self.tick + 1), []).append(Restart(index))
+        self._vc_crash = set()
 
     def _heal(self) -> None:
         self.network.heal(self.tick)
@@ -310,6 +322,7 @@ class Simulation:
         result.views = tuple(h.replica.view if h.replica else -1 for h in honest)
         result.packets = self.network.stats.sent
         result.repeats = self.safety.repeats
+        result.view_change_restarts = self.view_change_restarts
         digest = hashlib.sha256()
         for host in self.hosts:
             digest.update(f"{host.index}:{len(host.ledger)}:".encode())
