@@ -206,7 +206,11 @@ class NodeConfig(_Section):
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     batch: BatchConfig = Field(default_factory=BatchConfig)
     log: LogConfig = Field(default_factory=LogConfig)
-    http_tls: HttpTlsConfig | None = None  # None: plain HTTP (put it behind TLS elsewhere)
+    http_tls: HttpTlsConfig | None = Field(
+        default=None,
+        description='optional HTTPS for the API: {"cert_file", "key_file"} (PEM paths); '
+        "clients trust it with phalanx tx --cacert. null: plain HTTP",
+    )
 
     def peer_addresses(self, validators: Iterable[str], me: str) -> dict[str, tuple[str, int]]:
         """The ``validators`` argument of ``PeerNetwork``: every genesis validator with its

@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 
 from crypto.certs import self_signed_server_certificate
-from node.api.limits import HttpLimits, HttpServer, server_ssl_context, start_http
+from node.api.limits import HttpLimits, HttpServer, http_ssl, server_ssl_context, start_http
 from node.cli.main import main as phalanx
 from node.client import Client, ClientError
+from node.config import ConfigError, parse_config
 from tests.api.harness import ApiHarness
 
 
@@ -95,3 +96,29 @@ def test_phalanx_tx_takes_cacert(
     code = phalanx(["tx", "set", "k", "1", "--url", url, "--key", str(key), "--sign-only"])
     assert code != 0
     assert "certificate" in capsys.readouterr().err.lower()
+
+
+def test_the_config_names_the_https_certificate(tmp_path: Path) -> None:
+    cert, key = self_signed_server_certificate(os.urandom(32), "127.0.0.1")
+    (tmp_path / "api.crt").write_bytes(cert)
+    (tmp_path / "api.key").write_bytes(key)
+    base = {
+        "name": "n0",
+        "key_file": "node.key",
+        "data_dir": "data",
+        "genesis_file": "genesis.json",
+        "peer_listen": "127.0.0.1:7100",
+        "http_listen": "127.0.0.1:7000",
+    }
+    plain = parse_config(base, tmp_path, environ={})
+    assert http_ssl(plain) is None
+    config = parse_config(
+        {**base, "http_tls": {"cert_file": "api.crt", "key_file": "api.key"}}, tmp_path, environ={}
+    )
+    assert config.http_tls is not None and config.http_tls.cert_file == tmp_path / "api.crt"
+    assert http_ssl(config) is not None
+    broken = parse_config(
+        {**base, "http_tls": {"cert_file": "api.key", "key_file": "api.crt"}}, tmp_path, environ={}
+    )
+    with pytest.raises(ConfigError, match="http_tls"):
+        http_ssl(broken)
