@@ -34,6 +34,7 @@ from node.client import (
     transfer_op,
     tx_id_of,
 )
+from tests.api.test_openapi_schemathesis import not_a_bug
 from tests.e2e.cluster import Cluster, http_json, start_cluster
 
 pytestmark = pytest.mark.e2e
@@ -263,7 +264,7 @@ def test_garbage_on_a_peer_port_is_cut_off_and_the_node_keeps_committing(
 
 
 SCHEMATHESIS_CHECKS = [
-    schemathesis.checks.not_a_server_error,
+    not_a_bug,  # 5xx is a bug, but for the spec's own 503s (a min_seq not reached in time)
     schemathesis.checks.status_code_conformance,
     schemathesis.checks.content_type_conformance,
 ]
