@@ -7,9 +7,10 @@ the wait), 5xx, or lost to a timeout or a broken connection is ``unknown`` (it m
 later); one refused with a 4xx was never ordered and is left out of the history. A read
 answered 200 (or 404: absent) is ``ok``; any other answer makes it unknown.
 
-``min_seq`` reads ask for the state as of at least the highest seq any client had seen
-acknowledged when the read began: such a read is linearizable. Plain reads may come from a
-lagging node and are checked per node (``History.plain_reads_by_node``).
+``min_seq`` reads ask for the state as of at least the highest seq any client had seen when the
+read began (acknowledged writes, and the ``seq`` every read answered): such a read is
+linearizable, also relative to the plain reads that completed before it began. Plain reads may
+come from a lagging node and are checked per node (``History.plain_reads_by_node``).
 """
 
 from __future__ import annotations
@@ -32,18 +33,20 @@ HTTP_TIMEOUT_S = 8.0
 
 
 class Frontier:
-    """The highest seq any client saw acknowledged (for min_seq reads), and the ids of every
-    transaction acknowledged as committed (each must be in every honest ledger at the end)."""
+    """The highest seq any client saw (acknowledged writes, read answers; for min_seq reads),
+    and the ids of every transaction acknowledged as committed (each must be in every honest
+    ledger at the end)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.seq = 0
         self.acked: list[str] = []
 
-    def saw(self, seq: int, tx_id: str) -> None:
+    def saw(self, seq: int, tx_id: str | None = None) -> None:
         with self._lock:
             self.seq = max(self.seq, seq)
-            self.acked.append(tx_id)
+            if tx_id is not None:
+                self.acked.append(tx_id)
 
 
 class KvClient:
@@ -110,6 +113,10 @@ class KvClient:
             self.history.unknown(handle)
             return
         if status == 200 and isinstance(body, dict):
+            # Whatever a read observed, later min_seq reads must not go behind: without this a
+            # plain read could see a write committed but not yet acknowledged, and a min_seq read
+            # started after it on a lagging node could still answer the older value.
+            self.frontier.saw(int(body["seq"]))
             self._versions[key] = int(body["version"])
             self.history.ok(handle, json_value(body["value"]), int(body["version"]))
         elif status == 404:

@@ -116,3 +116,17 @@ def test_explain_names_the_stuck_operation() -> None:
     result = check_operations(KV_MODEL, ops)
     text = result.failed()[0].explain(KV_MODEL)
     assert "read(k) -> absent" in text and "cannot be placed" in text
+
+
+def test_a_strong_read_may_not_go_behind_an_earlier_plain_read() -> None:
+    # Found by scripts/chaos (delay-jitter, seed 5): a plain read saw a write that was committed
+    # but not yet acknowledged; a min_seq read started after it returned on a lagging node and
+    # answered the older value. The per-node check refuses that history, which is why chaos
+    # clients raise their min_seq to every seq a read answered (chaos.workload.Frontier).
+    writes = [set_("k", V1, 0, 1), set_("k", V2, 2, 20)]  # V2 acknowledged only at 20
+    plain = {"n3": [read("k", V2, 2, 5, 6)]}
+    stale_strong = read("k", V1, 1, 8, 9)
+    assert check_operations(KV_MODEL, [*writes, stale_strong]).verdict is Verdict.OK
+    assert check_per_node(KV_MODEL, [*writes, stale_strong], plain).verdict is Verdict.ILLEGAL
+    fresh_strong = read("k", V2, 2, 8, 9)
+    assert check_per_node(KV_MODEL, [*writes, fresh_strong], plain).verdict is Verdict.OK
