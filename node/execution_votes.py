@@ -11,6 +11,9 @@ block it executed, this node has diverged (non-determinism, a bug, local damage)
 signing execution votes, the API stops serving writes and state (503 ``diverged``), the reason
 is logged and exposed as :attr:`ExecutionVotes.diverged`, and the conflicting votes are kept.
 A validator whose vote conflicts with a certificate is named in the log and a metric.
+The divergence (both roots and the q votes) is written to ``DATA_DIR/divergence.json``; while
+that file exists the node starts diverged (it never signs from a state known to be wrong): the
+operator audits the ledger, resyncs it from an empty data directory, and removes the file.
 
 Peer messages (this implementation's own format)::
 
@@ -25,9 +28,11 @@ node that restarted before its certificates were complete collects them again.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from crypto.signing import TAG_EXECUTION, Signer
@@ -88,6 +93,7 @@ class ExecutionVotes:
         on_drop: Callable[[str], None] = lambda reason: None,
         on_conflict: Callable[[str], None] = lambda validator: None,
         on_diverged: Callable[[Divergence], None] = lambda divergence: None,
+        record: Path | None = None,
     ) -> None:
         self._genesis = genesis
         self._signer = signer
@@ -106,6 +112,9 @@ class ExecutionVotes:
         self.evidence: list[dict[str, Any]] = []
         self.conflicting: dict[str, int] = {}  # validator -> conflicting votes seen
         self._named: set[tuple[int, str]] = set()
+        self._record = record
+        if record is not None and record.exists():
+            self._diverge(_load_divergence(record), write=False)
 
     # -- the runtime's side -----------------------------------------------------------------
 
@@ -278,10 +287,15 @@ class ExecutionVotes:
                     },
                 )
 
-    def _diverge(self, divergence: Divergence) -> None:
+    def _diverge(self, divergence: Divergence, write: bool = True) -> None:
         if self.diverged is not None:
             return
         self.diverged = divergence
+        if write and self._record is not None:
+            try:
+                self._record.write_text(json.dumps(divergence.to_json(), indent=2) + "\n")
+            except OSError:
+                _log.exception("divergence_not_recorded", extra={"path": str(self._record)})
         self._on_diverged(divergence)
         _log.error(
             "execution_diverged", extra={"seq": divergence.seq, "detail": divergence.detail()}
@@ -322,3 +336,18 @@ class ExecutionVotes:
             for seq in [s for s in table if s < low]:
                 del table[seq]
         self._named = {k for k in self._named if k[0] >= low}
+
+
+def _load_divergence(path: Path) -> Divergence:
+    """The divergence recorded in ``path``; an unreadable record still means "diverged"."""
+    try:
+        data = json.loads(path.read_text())
+        own = _roots(data["own"])
+        certified = _roots(data["certified"])
+        return Divergence(int(data["seq"]), own, certified, list(data.get("votes", [])))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return Divergence(0, ("unknown",) * 3, (f"unreadable record {path}: {exc}", "", ""))
+
+
+def _roots(data: Mapping[str, Any]) -> Roots:
+    return str(data["block_hash"]), str(data["state_root"]), str(data["results_root"])

@@ -190,6 +190,7 @@ class NodeRuntime:
                 validator=validator
             ).inc(),
             on_diverged=self._on_diverged,
+            record=config.data_dir / "divergence.json",
         )
         self.waiters = CommitWaiters()
         self.events = EventHub()

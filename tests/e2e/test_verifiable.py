@@ -155,6 +155,12 @@ def test_a_node_whose_state_was_altered_diverges_and_stops(cluster: Cluster) -> 
     assert "state_root" in refused.value.detail
     log = (cluster.dir / "node3" / "node.log").read_text()
     assert "execution_diverged" in log
+    # The conflicting votes are kept, durably: a restart does not make the node sign again.
+    record = json.loads((cluster.dir / "node3" / "data" / "divergence.json").read_text())
+    assert (
+        len(record["votes"]) >= 3
+        and record["own"]["state_root"] != record["certified"]["state_root"]
+    )
     # The others keep committing, name node3 in their metrics, and certify without it.
     _commit(cluster, "node0", [set_op("after", 2)])
     node3 = next(n.pubkey for n in cluster.nodes if n.name == "node3")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import json
 from pathlib import Path
 from typing import Any
 
@@ -428,3 +429,29 @@ def test_after_a_restart_votes_for_uncertified_blocks_are_sent_again(
         reply["reply"] = True
         votes.on_message(VALIDATORS[i].public_key, reply)
     assert store.execution(3) is not None and not net.sent  # replies are never answered
+
+
+def test_a_recorded_divergence_survives_a_restart(
+    store: LedgerStore, genesis: Genesis, tmp_path: Path
+) -> None:
+    record = tmp_path / "divergence.json"
+    store.append_block(committed(genesis, 1, [tx(ALICE, 0, {"op": "set", "key": "k", "value": 1})]))
+    net = _Net()
+    votes = ExecutionVotes(
+        genesis, VALIDATORS[0], store, net.broadcasts.append, lambda to, m: None, record=record
+    )
+    theirs = (store.block_hash(1) or "", "ab" * 32, "cd" * 32)
+    for i in (1, 2, 3):
+        votes.on_message(VALIDATORS[i].public_key, _message(genesis, i, 1, theirs))
+    _executed(store, votes, 1)
+    assert votes.diverged is not None and record.exists()
+    assert json.loads(record.read_text())["certified"]["state_root"] == "ab" * 32
+    # Restarted over the same data directory: diverged from the start, it signs nothing.
+    again = ExecutionVotes(
+        genesis, VALIDATORS[0], store, net.broadcasts.append, lambda to, m: None, record=record
+    )
+    assert again.diverged is not None and again.diverged.seq == 1
+    sent = len(net.broadcasts)
+    store.append_block(committed(genesis, 2))
+    _executed(store, again, 2)
+    assert len(net.broadcasts) == sent
