@@ -32,6 +32,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import signal
 import socket
@@ -416,7 +417,9 @@ async def _http_flood(net: Net, stop: asyncio.Event, clients: int, body: bytes, 
                     await response.read()
             await asyncio.sleep(0)
 
-    async with aiohttp.ClientSession() as session:
+    # From another host than the honest client (127.0.0.1): per-address limits apply to it.
+    connector = aiohttp.TCPConnector(local_addr=("127.0.0.3", 0), limit=clients)
+    async with aiohttp.ClientSession(connector=connector) as session:
         await asyncio.gather(*(one(session) for _ in range(clients)))
 
 
@@ -605,6 +608,8 @@ def print_row(row: Row, as_json: bool) -> None:
 async def attacker_main(args: argparse.Namespace) -> int:
     """Child process: run one attack for ``--phase`` seconds against the testnet in ``--dir``."""
     net = load_net(Path(args.dir), args.base_port)
+    # The attacker writes to sockets the node closed on it: that is expected, not news.
+    logging.getLogger("asyncio").setLevel(logging.ERROR)
     stop = asyncio.Event()
     asyncio.get_running_loop().call_later(args.phase, stop.set)
     task = asyncio.ensure_future(ATTACKS[args.attacker](net, stop))
