@@ -572,6 +572,7 @@ def _paths() -> dict[str, Any]:
                     **_E406,
                     **_E413,
                     **_E429,
+                    "503": _error("the node diverged (diverged): it serves no writes"),
                 },
             }
         },
@@ -601,6 +602,7 @@ def _paths() -> dict[str, Any]:
                     **_E400,
                     **_E406,
                     **_E413,
+                    "503": _error("the node diverged (diverged): it serves no writes"),
                 },
             }
         },
