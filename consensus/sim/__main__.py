@@ -1,5 +1,5 @@
 """``python -m consensus.sim [--seeds N] [--start K] [--seed S] [--ed25519] [--twins-fork]``
-``[-v] [-x]``.
+``[--seed-list S,S,...] [-v] [-x]``.
 
 Runs seeds start .. start + N - 1 (or the single seed S), prints each failing seed with the
 command that replays it alone, and ends with exactly one summary line:
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 
 from consensus.sim.scenario import negative_control_scenario, scenario_for_seed
 from consensus.sim.simulator import SimResult, Simulation
@@ -25,6 +26,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=100, help="how many seeds to run")
     parser.add_argument("--start", type=int, default=0, help="the first seed")
     parser.add_argument("--seed", type=int, help="run this one seed only (a replay)")
+    parser.add_argument(
+        "--seed-list", help="run these seeds (comma-separated), e.g. scripts/mutants' choice"
+    )
     parser.add_argument("--ed25519", action="store_true", help="real Ed25519 signatures")
     parser.add_argument(
         "--twins-fork", action="store_true", help="the negative control: f + 1 faulty keys"
@@ -34,7 +38,11 @@ def main(argv: list[str] | None = None) -> int:
         "-x", "--first-failure", action="store_true", help="stop at the first failing seed"
     )
     args = parser.parse_args(argv)
-    seeds = [args.seed] if args.seed is not None else range(args.start, args.start + args.seeds)
+    seeds: Sequence[int] = range(args.start, args.start + args.seeds)
+    if args.seed is not None:
+        seeds = [args.seed]
+    elif args.seed_list:
+        seeds = [int(s) for s in args.seed_list.split(",")]
     flags = (" --ed25519" if args.ed25519 else "") + (" --twins-fork" if args.twins_fork else "")
     violations = liveness = 0
     for seed in seeds:
@@ -49,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         if not result.ok or args.verbose or args.seed is not None:
             _report(result, REPLAY.format(seed=seed, flags=flags))
         if not result.ok and args.first_failure:
-            seeds = range(seeds[0], seed + 1)  # the summary counts the seeds that ran
+            seeds = seeds[: list(seeds).index(seed) + 1]  # the summary counts those that ran
             break
     print(f"sim: {len(seeds)} seeds, {violations} safety violations, {liveness} liveness failures")
     return 1 if violations or liveness else 0

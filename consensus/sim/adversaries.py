@@ -157,6 +157,7 @@ class CertificateForger(ByzantineHost):
         "short_cert",
         "forged_cert",
         "mixed_cert",
+        "stale_cert",
         "empty_proof",
         "short_proof",
         "duplicate_proof",
@@ -168,6 +169,16 @@ class CertificateForger(ByzantineHost):
         super().__init__(*args, **kwargs)
         self._prepares: dict[str, Prepare] = {}  # latest real PREPARE per sender
         self._checkpoints: dict[str, Checkpoint] = {}  # latest real CHECKPOINT per sender
+        self._oldest: dict[int, PreparedCert] = {}  # per seq, the oldest real certificate held
+
+    def on_tick(self, now_ms: int) -> list[Envelope]:
+        replica = self.replica
+        if replica is not None:  # our own replica's certificates, read only
+            for seq, cert in replica._prepared_certs.items():
+                self._oldest.setdefault(seq, cert)
+            stable = replica.stable_checkpoint
+            self._oldest = {s: c for s, c in self._oldest.items() if s > stable}
+        return super().on_tick(now_ms)
 
     def on_packet(self, src: int, payload: Payload) -> list[Envelope]:
         if isinstance(payload, ConsensusWire):
@@ -190,6 +201,19 @@ class CertificateForger(ByzantineHost):
 
     def _forge(self, vc: ViewChange) -> ViewChange:
         how = self.rng.choice(self.FORGERIES)
+        if how == "stale_cert":
+            # Real, validly signed certificates, but each the oldest we held for its seq: the
+            # plan must prefer a later view's (a stale one may hold a digest that never
+            # committed while a later one did).
+            stale = tuple(self._oldest.get(c.seq, c) for c in vc.prepared)
+            known = {c.seq for c in stale}
+            extra = tuple(
+                c
+                for s, c in sorted(self._oldest.items())
+                if s not in known
+                and vc.stable_seq < s <= vc.stable_seq + self.config.watermark_window
+            )
+            return dataclasses.replace(vc, prepared=stale + extra)
         if how.endswith("_cert"):
             return self._forge_cert(vc, how)
         return self._forge_proof(vc, how)

@@ -33,7 +33,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from consensus.batch import TxChecker, block_hash, commit_vote_body
+from consensus.batch import Batch, TxChecker, block_hash, commit_vote_body
 from consensus.config import ReplicaConfig
 from consensus.errors import MalformedMessage
 from consensus.messages import Message, NewView, ViewChange, decode_message, verify_message
@@ -165,9 +165,13 @@ class SafetyChecker:
                 reason = check_view_change(self._config, verify, vc)
                 if vc.view != message.view or not verify(vc) or reason is not None:
                     return f"VIEW-CHANGE of {vc.sender[:8]} invalid ({reason})"
+            proposals = tuple((p.seq, p.digest) for p in message.pre_prepares)
             plan = plan_new_view(self._config, message.view_changes)
-            if tuple((p.seq, p.digest) for p in message.pre_prepares) != plan.proposals:
+            if proposals != plan.proposals:
                 return "re-proposals differ from what its VIEW-CHANGEs imply"
+            reference = _reference_proposals(self._config, message.view_changes)
+            if reference is not None and proposals != reference:
+                return "re-proposals differ from OSDI'99 §4.4's rule (the checker's own plan)"
         return None
 
     def _check_executed_once(self, host: HonestHost, tick: int) -> list[str]:
@@ -203,6 +207,32 @@ class SafetyChecker:
                     found.append(f"ledgers of hosts {a} and {b} are not prefixes of each other")
         self.violations.extend(found)
         return found
+
+
+def _reference_proposals(
+    config: ReplicaConfig, view_changes: Sequence[ViewChange]
+) -> tuple[tuple[int, str], ...] | None:
+    """OSDI'99 §4.4, written out apart from ``consensus.view_change`` so that a change there
+    cannot change the oracle: min-s is the highest stable checkpoint among the VIEW-CHANGEs,
+    max-s the highest prepared seq; each seq between is re-proposed with the digest of its
+    highest-view certificate, or the null batch. None if two certificates of one view disagree
+    (only more than f faulty replicas could make them)."""
+    min_s = max(vc.stable_seq for vc in view_changes)
+    best: dict[int, tuple[int, str]] = {}
+    for vc in view_changes:
+        for cert in vc.prepared:
+            if cert.seq <= min_s:
+                continue
+            known = best.get(cert.seq)
+            if known is not None and known[0] == cert.view and known[1] != cert.digest:
+                return None
+            if known is None or cert.view > known[0]:
+                best[cert.seq] = (cert.view, cert.digest)
+    max_s = max(best, default=min_s)
+    return tuple(
+        (seq, best[seq][1] if seq in best else Batch.null(config.chain_id, seq).digest)
+        for seq in range(min_s + 1, max_s + 1)
+    )
 
 
 def _chain(genesis_hash: str, ledger: Sequence[Committed]) -> list[str]:
