@@ -101,13 +101,17 @@ def bit(path: bytes, i: int) -> int:
     return (path[i >> 3] >> (7 - (i & 7))) & 1
 
 
+_DEPTH_PREFIX = [d.to_bytes(2, "big") for d in range(PATH_BITS + 1)]
+_LAST_BYTE_MASK = [(0xFF << (8 - (d & 7))) & 0xFF if d & 7 else 0xFF for d in range(PATH_BITS + 1)]
+
+
 def position(path: bytes, depth: int) -> bytes:
     """The record key of the subtree at ``depth`` on ``path``'s side."""
     nbytes = (depth + 7) >> 3
-    prefix = bytearray(path[:nbytes])
-    if depth & 7:
-        prefix[-1] &= (0xFF << (8 - (depth & 7))) & 0xFF
-    return depth.to_bytes(2, "big") + bytes(prefix)
+    if not depth & 7:
+        return _DEPTH_PREFIX[depth] + path[:nbytes]
+    last = path[nbytes - 1] & _LAST_BYTE_MASK[depth]
+    return _DEPTH_PREFIX[depth] + path[: nbytes - 1] + bytes((last,))
 
 
 def _child_position(path: bytes, depth: int, side: int) -> bytes:
@@ -160,14 +164,17 @@ class MemoryNodeStore:
         self.records.pop(pos, None)
 
 
-@dataclass(frozen=True, slots=True)
 class _Node:
     """A decoded record: ``kind`` is "E" (empty), "L" (a, b = path, data_hash) or "I" (a, b =
-    left hash, right hash)."""
+    left hash, right hash). Never changed once built (a plain slotted class: thousands are made
+    per block, and a frozen dataclass costs several times more to build)."""
 
-    kind: str
-    a: bytes = b""
-    b: bytes = b""
+    __slots__ = ("a", "b", "kind")
+
+    def __init__(self, kind: str, a: bytes = b"", b: bytes = b"") -> None:
+        self.kind = kind
+        self.a = a
+        self.b = b
 
     def hash(self) -> bytes:
         if self.kind == "L":
