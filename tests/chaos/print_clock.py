@@ -1,5 +1,5 @@
 """Prints the node runtime's wall clock in ms and the real one, read one after the other (for
-the clock-skew test; clock_gettime is not what chaos.clock shifts)."""
+the clock-skew test; clock_gettime is not what tests.adversary.clock shifts)."""
 
 import time
 

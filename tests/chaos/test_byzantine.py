@@ -8,12 +8,12 @@ import random
 from pathlib import Path
 from typing import Any
 
-from chaos.byzantine import BEHAVIOURS, Out
 from consensus.batch import Batch
 from consensus.messages import Commit, Prepare, PrePrepare, decode_message, sign_message
 from crypto.signing import TAG_EXECUTION
 from ledger.evidence import EvidenceDetector, Statement, verify_evidence
 from ledger.execution import ExecutionVote, sign_execution_vote
+from tests.adversary.byzantine import BEHAVIOURS, Out
 from tests.ledger.helpers import ALICE, CHAIN_ID, VALIDATORS, make_genesis, tx
 
 GENESIS = make_genesis()

@@ -1,5 +1,5 @@
-"""The clock-skew hook: a process started through ``chaos.clock`` sees its wall clock shifted
-(what the node stamps batches with), and nothing else does."""
+"""The clock-skew hook: a process started through ``tests.adversary.clock`` sees its wall clock
+shifted (what the node stamps batches with), and nothing else does."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def _shift_seen(args: list[str], env: dict[str, str] | None = None) -> int:
     done = subprocess.run(
-        [sys.executable, "-m", "chaos.clock", *args, "-m", "tests.chaos.print_clock"],
+        [sys.executable, "-m", "tests.adversary.clock", *args, "-m", "tests.chaos.print_clock"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -50,4 +50,7 @@ def test_production_code_knows_neither_the_variable_nor_the_chaos_tools() -> Non
         for path in (ROOT / package).rglob("*.py"):
             text = path.read_text()
             assert "PHALANX_TEST_CLOCK_OFFSET_MS" not in text, path
-            assert "import chaos" not in text and "from chaos" not in text, path
+            # The adversary tools live in tests/adversary (dev-only): nothing the node runs may
+            # reach them, nor anything else under tests/.
+            for forbidden in ("tests.adversary", "import tests", "from tests", "import chaos"):
+                assert forbidden not in text, (path, forbidden)

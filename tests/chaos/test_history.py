@@ -6,9 +6,9 @@ from __future__ import annotations
 import itertools
 from pathlib import Path
 
-from chaos.history import History
-from chaos.kv_model import KV_MODEL, KvInput, json_value
-from chaos.linearizability import Verdict, check_operations, check_per_node
+from tests.adversary.history import History
+from tests.adversary.kv_model import KV_MODEL, KvInput, json_value
+from tests.adversary.linearizability import Verdict, check_operations, check_per_node
 
 
 def test_record_round_trip_and_checks(tmp_path: Path) -> None:

@@ -3,8 +3,8 @@ is known: each illegal one differs from a legal one by one detail."""
 
 from __future__ import annotations
 
-from chaos.kv_model import KV_MODEL, KvInput, KvOutput, json_value
-from chaos.linearizability import Operation, Verdict, check_operations, check_per_node
+from tests.adversary.kv_model import KV_MODEL, KvInput, KvOutput, json_value
+from tests.adversary.linearizability import Operation, Verdict, check_operations, check_per_node
 
 V1, V2 = json_value({"n": 1}), json_value({"n": 2})
 
@@ -122,7 +122,7 @@ def test_a_strong_read_may_not_go_behind_an_earlier_plain_read() -> None:
     # Found by scripts/chaos (delay-jitter, seed 5): a plain read saw a write that was committed
     # but not yet acknowledged; a min_seq read started after it returned on a lagging node and
     # answered the older value. The per-node check refuses that history, which is why chaos
-    # clients raise their min_seq to every seq a read answered (chaos.workload.Frontier).
+    # clients raise their min_seq to every seq a read answered (tests.adversary.workload.Frontier).
     writes = [set_("k", V1, 0, 1), set_("k", V2, 2, 20)]  # V2 acknowledged only at 20
     plain = {"n3": [read("k", V2, 2, 5, 6)]}
     stale_strong = read("k", V1, 1, 8, 9)

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from chaos.linearizability import Verdict, check_operations
+from tests.adversary.linearizability import Verdict, check_operations
 from tests.chaos.vectors import ETCD_MODEL, KV_APPEND_MODEL, VECTORS, parse_etcd, parse_kv
 
 if not VECTORS.is_dir():  # pragma: no cover - the shared folder is beside every clone

@@ -13,7 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from chaos.netns import TestNet, ensure_nftables, flapping, netem_available, unavailable_reason
+from tests.adversary.netns import (
+    TestNet,
+    ensure_nftables,
+    flapping,
+    netem_available,
+    unavailable_reason,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 REASON = unavailable_reason()
@@ -122,7 +128,7 @@ def test_relay_in_a_namespace_delays_and_obeys_partitions(net: TestNet) -> None:
     relay = net.spawn(
         0,
         [
-            sys.executable, "-m", "chaos.relay", "--listen", f"127.0.0.1:{relay_port}",
+            sys.executable, "-m", "tests.adversary.relay", "--listen", f"127.0.0.1:{relay_port}",
             "--target", f"{net.hosts[1].address}:{ECHO_PORT}", "--delay-ms", "80",
         ],
         cwd=ROOT,
@@ -143,7 +149,9 @@ def test_relay_in_a_namespace_delays_and_obeys_partitions(net: TestNet) -> None:
 
 def test_netem_detected_and_used_when_present(net: TestNet) -> None:
     if not netem_available():
-        pytest.skip("this kernel has no netem qdisc: delays use chaos.relay (see the test above)")
+        pytest.skip(
+            "this kernel has no netem qdisc: delays use tests.adversary.relay (see the test above)"
+        )
     net.netem(2, ["delay", "50ms"])
     try:
         out = net.run(0, [*PY, "tcp", net.hosts[2].address, str(ECHO_PORT), "5"])

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from chaos.relay import LinkShape, Relay
+from tests.adversary.relay import LinkShape, Relay
 
 
 async def _echo_server() -> asyncio.Server:

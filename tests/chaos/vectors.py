@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from chaos.linearizability import Model, Operation
+from tests.adversary.linearizability import Model, Operation
 
 ROOT = Path(__file__).resolve().parents[2]
 VECTORS = ROOT.parent / "shared" / "vectors" / "linearizability" / "porcupine_test_data"

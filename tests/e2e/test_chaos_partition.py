@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from chaos.history import History
-from chaos.kv_model import KV_MODEL, KvOutput, json_value
-from chaos.linearizability import Verdict, check_operations
-from chaos.netns import ensure_nftables, unavailable_reason
-from chaos.scenario import run_partition_primary
+from tests.adversary.history import History
+from tests.adversary.kv_model import KV_MODEL, KvOutput, json_value
+from tests.adversary.linearizability import Verdict, check_operations
+from tests.adversary.netns import ensure_nftables, unavailable_reason
+from tests.adversary.scenario import run_partition_primary
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 REASON = unavailable_reason()

@@ -118,7 +118,7 @@ def _run_byzantine(
     if testnet.Testnet.load(cluster.dir).node("node3").pid is not None:
         cluster.kill("node3")
     wrapper = (
-        f"{sys.executable} -m chaos.byzantine --behaviour {behaviour} --record {record} "
+        f"{sys.executable} -m tests.adversary.byzantine --behaviour {behaviour} --record {record} "
         "-m node.cli node run"
     )
     with monkeypatch.context() as env:

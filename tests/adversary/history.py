@@ -1,4 +1,4 @@
-"""Recording what chaos clients did, for :mod:`chaos.linearizability`.
+"""Recording what chaos clients did, for :mod:`.linearizability`.
 
 A client calls :meth:`History.invoke` just before it sends a request and one of
 :meth:`History.ok`, :meth:`History.fail` or :meth:`History.unknown` when it knows the outcome
@@ -21,8 +21,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
-from chaos.kv_model import KvInput, KvOutput
-from chaos.linearizability import Operation
+from tests.adversary.kv_model import KvInput, KvOutput
+from tests.adversary.linearizability import Operation
 
 ReadKind = Literal["plain", "min_seq", "proven"]
 

@@ -13,7 +13,7 @@ namespace, so nothing outside the namespaces this run created is touched:
 * flapping links (:class:`Flapper`: a partition applied and healed on a period);
 * delay, jitter and reordering with ``tc netem`` where the kernel has it
   (:meth:`TestNet.netem`); :func:`netem_available` says whether it does. Where it does not (these
-  machines: "Specified qdisc kind is unknown"), :mod:`chaos.relay` delays TCP streams in user
+  machines: "Specified qdisc kind is unknown"), :mod:`.relay` delays TCP streams in user
   space instead; :attr:`TestNet.delay_mode` names the one that ran.
 
 Names start with a per-run prefix (``phc`` + 6 random hex), the subnet is a /24 of 10.233.0.0/16
@@ -320,7 +320,7 @@ class TestNet:
     def netem(self, host: int, spec: Sequence[str]) -> None:
         """``tc qdisc replace ... netem <spec>`` on the host's link, e.g. ``["delay", "50ms",
         "10ms", "loss", "1%"]``. NetnsError where the kernel has no netem (see
-        :func:`netem_available`; use :mod:`chaos.relay` there)."""
+        :func:`netem_available`; use :mod:`.relay` there)."""
         h = self.hosts[host]
         argv = ["tc", "-n", h.namespace, "qdisc", "replace", "dev", h.veth, "root", "netem"]
         _run([*argv, *spec])

@@ -1,8 +1,8 @@
-"""A cluster of real node processes, one per test host of a :class:`chaos.netns.TestNet`.
+"""A cluster of real node processes, one per test host of a :class:`.netns.TestNet`.
 
 Set up exactly as an operator would (``phalanx keygen``, ``genesis create``, ``node init``, run
 in-process here to save process start-ups), each node listening on its own host's address. A
-node can be started through a wrapper (``chaos.byzantine``, ``chaos.clock``) by giving the
+node can be started through a wrapper (``byzantine``, ``clock``) by giving the
 wrapper's arguments; this process reaches every node's API through the bridge.
 """
 
@@ -21,11 +21,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from chaos.netns import TestNet
+from tests.adversary.netns import TestNet
 
 PEER_PORT = 7100
 API_PORT = 7000
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _cli(*args: str, cwd: Path) -> str:
@@ -88,8 +88,9 @@ class NetCluster:
         return self.dir / self.names[i] / "data"
 
     def start(self, i: int, wrapper: Sequence[str] = ()) -> None:
-        """Start node ``i`` in its host; ``wrapper`` e.g. ``["-m", "chaos.clock", "--offset-ms",
-        "5000"]`` runs it through that module (which must end by running ``-m node.cli``)."""
+        """Start node ``i`` in its host; ``wrapper`` e.g.
+        ``["-m", "tests.adversary.clock", "--offset-ms", "5000"]`` runs it through that module
+        (which must end by running ``-m node.cli``)."""
         config = self.dir / self.names[i] / "node.json"
         module = [*wrapper, "-m", "node.cli"] if wrapper else ["-m", "node.cli"]
         argv = [sys.executable, *module, "node", "run", "--config", str(config)]

@@ -16,8 +16,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from chaos.netns import ensure_nftables, unavailable_reason
-from chaos.scenario import SCENARIOS, run
+from tests.adversary.netns import ensure_nftables, unavailable_reason
+from tests.adversary.scenario import SCENARIOS, run
 
 
 def main(argv: list[str] | None = None) -> int:

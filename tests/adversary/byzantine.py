@@ -1,6 +1,7 @@
 """A real node process with a Byzantine hook on what leaves it (dev/test only).
 
-    python -m chaos.byzantine --behaviour NAME [--seed S] [--record FILE] -m node.cli node run ...
+    python -m tests.adversary.byzantine --behaviour NAME [--seed S] [--record FILE] \
+        -m node.cli node run ...
 
 runs the module as ``python -m`` would, after replacing ``PeerNetwork.send`` and
 ``PeerNetwork.broadcast`` (``node/p2p/peers.py``) with a behaviour that decides what really goes
@@ -227,7 +228,7 @@ def install(behaviour: Behaviour, seed: int, record: Path | None, witness: bool)
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m chaos.byzantine", description=__doc__)
+    parser = argparse.ArgumentParser(prog="tests.adversary.byzantine", description=__doc__)
     parser.add_argument("--behaviour", choices=sorted(BEHAVIOURS), required=True)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--record", type=Path, default=None, help="JSON lines of equivocations")

@@ -1,4 +1,4 @@
-"""The Phalanx key/value state (spec §3) as a sequential model for :mod:`chaos.linearizability`.
+"""The Phalanx key/value state (spec §3) as a sequential model for :mod:`.linearizability`.
 
 One partition per key; the state of a key is ``(value, version)`` with ``value`` as canonical
 JSON text (so any JSON value is hashable and compares like Phalanx compares) and ``None``
@@ -26,8 +26,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from chaos.linearizability import Model
 from crypto.canonical import canonical_json
+from tests.adversary.linearizability import Model
 
 KvState = tuple[str | None, int]
 Status = Literal["ok", "fail", "unknown"]

@@ -1,6 +1,6 @@
 """Run a Python module with its wall clock shifted: the clock-skew hook of the chaos tests.
 
-    python -m chaos.clock --offset-ms MS -m node.cli node run --config node.toml
+    python -m tests.adversary.clock --offset-ms MS -m node.cli node run --config node.toml
 
 shifts ``time.time`` and ``time.time_ns`` (what the node reads for batch times, via
 ``node.runtime._now_ms``) by ``MS`` milliseconds (negative: behind) for that process only, then
@@ -45,7 +45,7 @@ def install_offset(offset_ms: int) -> Callable[[], None]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m chaos.clock", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m tests.adversary.clock", description=__doc__)
     parser.add_argument("--offset-ms", type=int, default=None)
     parser.add_argument("-m", dest="module", required=True, help="the module to run")
     parser.add_argument("args", nargs=argparse.REMAINDER)

@@ -3,7 +3,7 @@
 :func:`run_partition_primary` is the first of the issue-14 scenarios: four nodes, clients
 writing (set, cas) and reading (plain and ``min_seq``) through every node, the primary cut off
 from the others for a while, then healed. Checked afterwards: the strong operations are
-linearizable and plain reads sequentially consistent per node (:mod:`chaos.linearizability`),
+linearizable and plain reads sequentially consistent per node (:mod:`.linearizability`),
 every ledger reaches one head, ``phalanx audit`` passes on all of them and finds no divergence,
 no evidence appears (nobody misbehaved), and how long commits took to resume.
 """
@@ -22,16 +22,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from chaos.cluster import PEER_PORT, ROOT, NetCluster
-from chaos.history import History
-from chaos.kv_model import KV_MODEL
-from chaos.linearizability import Verdict, check_operations, check_per_node
-from chaos.netns import TestNet
-from chaos.relay import LinkShape
-from chaos.workload import Frontier, KvClient, run_clients
 from crypto.keys import load_private_key
 from ledger.evidence import EVIDENCE_PER_VALIDATOR_MAX
 from ledger.genesis import load_genesis
+from tests.adversary.cluster import PEER_PORT, ROOT, NetCluster
+from tests.adversary.history import History
+from tests.adversary.kv_model import KV_MODEL
+from tests.adversary.linearizability import Verdict, check_operations, check_per_node
+from tests.adversary.netns import TestNet
+from tests.adversary.relay import LinkShape
+from tests.adversary.workload import Frontier, KvClient, run_clients
 
 KEYS = ("k0", "k1", "k2")
 
@@ -148,7 +148,7 @@ class Spec:
     summary: str
     fault: Callable[[Ctx], None] = lambda ctx: None
     heal: Callable[[Ctx], None] = lambda ctx: ctx.net.heal()
-    byzantine: tuple[int, str] | None = None  # (node, chaos.byzantine behaviour)
+    byzantine: tuple[int, str] | None = None  # (node, tests.adversary.byzantine behaviour)
     evidence_kind: str | None = None  # what the Byzantine node's equivocations must show as
     skew_ms: tuple[tuple[int, int], ...] = ()  # (node, wall-clock offset)
     relay: LinkShape | None = None  # every peer link through a delaying relay
@@ -177,10 +177,10 @@ def run(spec: Spec, workdir: Path, seed: int = 1) -> Report:
             for i in range(4):
                 wrapper: list[str] = []
                 if spec.byzantine is not None and spec.byzantine[0] == i:
-                    wrapper = ["-m", "chaos.byzantine", "--behaviour", spec.byzantine[1]]
+                    wrapper = ["-m", "tests.adversary.byzantine", "--behaviour", spec.byzantine[1]]
                     wrapper += ["--seed", str(seed), "--record", str(record)]
                 elif i in skews:
-                    wrapper = ["-m", "chaos.clock", "--offset-ms", str(skews[i])]
+                    wrapper = ["-m", "tests.adversary.clock", "--offset-ms", str(skews[i])]
                 cluster.start(i, wrapper)
             cluster.wait_ready(range(4))
             genesis = load_genesis(workdir / "genesis.json")
@@ -254,7 +254,7 @@ def _start_relays(cluster: NetCluster, shape: LinkShape, seed: int) -> None:
             if i == j:
                 continue
             argv = [
-                sys.executable, "-m", "chaos.relay",
+                sys.executable, "-m", "tests.adversary.relay",
                 "--listen", f"127.0.0.1:{_relay_port(i, j)}",
                 "--target", f"{cluster.net.hosts[j].address}:{PEER_PORT}",
                 "--delay-ms", str(shape.delay_ms), "--jitter-ms", str(shape.jitter_ms),

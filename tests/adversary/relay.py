@@ -1,9 +1,9 @@
 """A delaying TCP relay: netem's job in user space, for kernels without ``sch_netem``.
 
 Put one on a link by pointing a node's peer address at the relay, which connects on to the real
-peer. Run it *inside the sending host's namespace* (``python -m chaos.relay`` through
+peer. Run it *inside the sending host's namespace* (``python -m tests.adversary.relay`` through
 ``TestNet.spawn``, listening on that namespace's loopback): what it forwards then leaves from the
-host's own address, so the partitions and drops of :mod:`chaos.netns` still apply to it.
+host's own address, so the partitions and drops of :mod:`.netns` still apply to it.
 
 What it can emulate on a TCP stream, per direction:
 
@@ -193,7 +193,7 @@ def _address(text: str) -> tuple[str, int]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m chaos.relay", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m tests.adversary.relay", description=__doc__)
     parser.add_argument("--listen", type=_address, required=True, metavar="HOST:PORT")
     parser.add_argument("--target", type=_address, required=True, metavar="HOST:PORT")
     parser.add_argument("--delay-ms", type=float, default=0.0)

@@ -1,7 +1,7 @@
 """Clients that write and read keys through the nodes' HTTP APIs and record every operation in a
-:class:`chaos.history.History` (dev/test only).
+:class:`.history.History` (dev/test only).
 
-Outcomes, as :mod:`chaos.kv_model` reads them: a write answered 200 ``committed`` is ``ok`` (or
+Outcomes, as :mod:`.kv_model` reads them: a write answered 200 ``committed`` is ``ok`` (or
 ``fail`` when its committed result is ``cas_mismatch``); one answered 202 (still pending after
 the wait), 5xx, or lost to a timeout or a broken connection is ``unknown`` (it may commit
 later); one refused with a 4xx was never ordered and is left out of the history. A read
@@ -22,11 +22,11 @@ import urllib.parse
 from collections.abc import Callable
 from typing import Any
 
-from chaos.cluster import NetCluster
-from chaos.history import History, ReadKind
-from chaos.kv_model import KvInput, json_value
 from crypto.signing import Ed25519Signer
 from node.client import make_tx, tx_id_of
+from tests.adversary.cluster import NetCluster
+from tests.adversary.history import History, ReadKind
+from tests.adversary.kv_model import KvInput, json_value
 
 WAIT_MS = 5_000  # how long a write waits for its commit before it counts as unknown
 HTTP_TIMEOUT_S = 8.0
