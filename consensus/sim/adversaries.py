@@ -82,10 +82,10 @@ class ByzantineNewPrimary(ByzantineHost):
         proposals = [(p.seq, p.digest) for p in nv.pre_prepares]
         if how == "swap":
             real = [i for i, (s, d) in enumerate(proposals) if d != _null_digest(self.config, s)]
-            if real:
+            if real and self.rng.random() < 0.5:  # a committed batch may be replaced: a fork
                 i = self.rng.choice(real)
                 proposals[i] = (proposals[i][0], _null_digest(self.config, proposals[i][0]))
-            elif proposals:
+            elif proposals:  # a batch nobody holds: the view can never execute it
                 i = self.rng.randrange(len(proposals))
                 proposals[i] = (proposals[i][0], self._noise())
             else:  # nothing to re-propose: claim a batch nobody has
