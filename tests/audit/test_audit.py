@@ -98,8 +98,19 @@ def test_json_report_shape(
     code, out, _ = run_cli(capsys, str(built.path), "--genesis", str(genesis_file), "--json")
     assert code == 0
     doc = json.loads(out)
-    assert set(doc) == {"ok", "genesis", "ledgers", "divergences", "elapsed_s"}
+    assert set(doc) == {
+        "ok",
+        "genesis",
+        "ledgers",
+        "divergences",
+        "elapsed_s",
+        "checks",
+        "tool",
+        "generated_at",
+    }
     assert doc["ok"] is True and doc["divergences"] == []
+    assert doc["tool"]["name"] == "phalanx audit" and doc["tool"]["version"]
+    assert "tx_signature" in doc["checks"] and doc["generated_at"].endswith("Z")
     assert doc["genesis"] == {
         "source": "file",
         "path": str(genesis_file),
@@ -122,8 +133,8 @@ def test_json_report_shape(
     assert ledger["head"]["seq"] == 7 and len(ledger["head"]["hash"]) == 64
     assert ledger["counts"] == {
         "blocks": 7,
-        "txs": 19,
-        "signatures": 41,
+        "txs": 25,
+        "signatures": 47,
         "state_keys": 11,
         "balances": 3,
         "executions": 7,
@@ -552,12 +563,16 @@ def test_verify_receipt_good_and_bad(
     assert code == 0, out
     assert f"receipt valid: tx {receipt['tx_id']} committed at seq 3 index 2" in out
     code, out, _ = run_cli(capsys, "verify-receipt", str(good), "--genesis", genesis, "--json")
-    assert json.loads(out) == {
+    answer = json.loads(out)
+    assert "commit_certificate" in answer.pop("checks")
+    assert answer.pop("tool")["name"] == "phalanx audit" and answer.pop("generated_at")
+    assert answer == {
         "ok": True,
         "tx_id": receipt["tx_id"],
         "seq": 3,
         "index": 2,
         "failures": [],
+        "tx_bound": False,
     }
 
     bad = dict(receipt, index=1)
