@@ -23,7 +23,9 @@ from collections.abc import Callable
 from typing import Any
 
 from crypto.signing import Ed25519Signer
-from node.client import make_tx, tx_id_of
+from ledger.genesis import Genesis
+from ledger.proven_read import verify_read
+from node.client import make_tx, transfer_op, tx_id_of
 from tests.adversary.cluster import NetCluster
 from tests.adversary.history import History, ReadKind
 from tests.adversary.kv_model import KvInput, json_value
@@ -65,6 +67,36 @@ class KvClient:
         self.name, self.cluster, self.signer, self.chain_id = name, cluster, signer, chain_id
         self.history, self.frontier, self.rng = history, frontier, rng
         self._versions: dict[str, int] = {}  # last version this client saw, to aim its cas
+        self.genesis: Genesis | None = None  # set to make proven reads
+        # Outcomes of transfers (not in the key/value model: each acknowledged one must be in
+        # every honest ledger, and the ledgers must agree on the balances).
+        self.transfers: dict[str, int] = {"ok": 0, "failed": 0, "unknown": 0}
+        # Proven reads whose proof did not verify: (node, reasons). Any is a failed scenario.
+        self.bad_proofs: list[tuple[str, list[str]]] = []
+
+    def transfer(self, node: int, to: str, amount: int) -> None:
+        tx = make_tx(
+            self.signer,
+            [transfer_op(to, amount)],
+            self.rng.randrange(2**53),
+            chain_id=self.chain_id,
+        )
+        try:
+            status, body = self.cluster.post(
+                node, f"/v1/tx?wait=commit&timeout_ms={WAIT_MS}", tx, timeout_s=HTTP_TIMEOUT_S
+            )
+        except (OSError, ValueError):
+            self.transfers["unknown"] += 1
+            return
+        if status == 200 and isinstance(body, dict) and body.get("status") == "committed":
+            receipt = body["receipt"]
+            self.frontier.saw(int(receipt["seq"]), tx_id_of(tx))
+            ok = bool((receipt.get("result") or {}).get("ok"))
+            self.transfers["ok" if ok else "failed"] += 1
+        elif 400 <= status < 500:
+            self.transfers["failed"] += 1
+        else:
+            self.transfers["unknown"] += 1
 
     def write(self, node: int, key: str, value: Any, cas: bool = False) -> None:
         encoded = json_value(value)
@@ -103,6 +135,9 @@ class KvClient:
         query = ""
         if kind == "min_seq":
             query = f"?min_seq={max(1, self.frontier.seq)}&timeout_ms={WAIT_MS}"
+        elif kind == "proven":
+            # Proven as of a certified block at or after every seq seen: linearizable.
+            query = f"?proof=true&min_seq={max(1, self.frontier.seq)}&timeout_ms={WAIT_MS}"
         handle = self.history.invoke(
             self.name, self.cluster.names[node], KvInput("read", key), kind
         )
@@ -112,7 +147,21 @@ class KvClient:
         except (OSError, ValueError):
             self.history.unknown(handle)
             return
-        if status == 200 and isinstance(body, dict):
+        if status == 200 and isinstance(body, dict) and kind == "proven":
+            if self.genesis is None:
+                raise ValueError("proven reads need KvClient.genesis")
+            failures = verify_read(body, self.genesis)
+            if not failures and body.get("key") != key:
+                failures = [f"the answer is about key {body.get('key')!r}, not {key!r}"]
+            if failures:  # not evidence of anything the key held: left unknown, and reported
+                self.bad_proofs.append((self.cluster.names[node], failures))
+                self.history.unknown(handle)
+                return
+            self.frontier.saw(int(body["seq"]))
+            self._versions[key] = int(body["version"])
+            value = None if body["version"] == 0 else json_value(body["value"])
+            self.history.ok(handle, value, int(body["version"]))
+        elif status == 200 and isinstance(body, dict):
             # Whatever a read observed, later min_seq reads must not go behind: without this a
             # plain read could see a write committed but not yet acknowledged, and a min_seq read
             # started after it on a lagging node could still answer the older value.
