@@ -80,6 +80,7 @@ _PONG = encode_frame({"type": "link-pong"})
 _PING_PAYLOAD = _PING[4:]
 _PONG_PAYLOAD = _PONG[4:]
 DECODE_WORKERS = 2
+RETIRE_S = 2.0  # a link that lost a tie-break is closed for good after this
 
 Address = tuple[str, int]
 OnMessage = Callable[[str, dict[str, Any]], None]
@@ -142,6 +143,7 @@ class _Link:
         self.last_rx = time.monotonic()
         self.last_tx = time.monotonic()
         self.tasks: list[asyncio.Task[None]] = []
+        self.retiring = False  # lost a tie-break: still read until the other end closes it
 
     def close(self) -> None:
         if not self.closed.is_set():
@@ -511,7 +513,8 @@ class PeerNetwork:
                     self._punish(peer, "frames_budget")
                     return
                 if payload == _PING_PAYLOAD:
-                    link.writer.write(_PONG)
+                    if not link.retiring:
+                        link.writer.write(_PONG)
                     continue
                 if payload == _PONG_PAYLOAD:
                     continue
@@ -532,7 +535,7 @@ class PeerNetwork:
         except RuntimeError:  # the decoder was shut down: we are stopping
             return
         finally:
-            self._drop_link(link)
+            self._drop_link(link, force=True)
 
     def _bad_frame(self, peer: _Peer, exc: FrameError) -> None:
         self.metrics.bad_frames[(peer.pubkey, exc.reason)] += 1
@@ -788,10 +791,10 @@ class PeerNetwork:
             dialer = self.me if link.outbound else peer.pubkey
             self.metrics.duplicates_closed += 1
             if dialer != min(self.me, peer.pubkey):
-                _abort(link.writer)
+                self._retire(peer, link, started=False)
                 return False
-            old.close()
-            self._drop_link(old)
+            peer.link = None
+            self._retire(peer, old, started=True)
         elif old is not None:
             if await self._alive(old):
                 self.metrics.duplicates_closed += 1
@@ -846,7 +849,23 @@ class PeerNetwork:
                 },
             )
 
-    def _drop_link(self, link: _Link) -> None:
+    def _retire(self, peer: _Peer, link: _Link, started: bool) -> None:
+        """Take ``link`` out of use after a tie-break without losing what either side already
+        wrote on it: we stop writing on it, its reader keeps delivering, and it is closed
+        ``RETIRE_S`` later (both sides resolve the same tie-break and do the same)."""
+        link.retiring = True
+        if started:
+            for task in link.tasks[1:]:  # the writer and the keep-alive; the reader stays
+                task.cancel()
+        else:
+            link.tasks = [self._spawn(self._read_loop(peer, link))]
+        # Not closed at once: a TLS stream that we close stops handing us the other side's data.
+        # The other side stops writing on it too; what is in flight arrives before the abort.
+        asyncio.get_running_loop().call_later(RETIRE_S, link.close)
+
+    def _drop_link(self, link: _Link, force: bool = False) -> None:
+        if link.retiring and not force:
+            return  # its reader ends it (see _retire)
         link.close()
         peer = self._peers[link.peer]
         if peer.link is link:
