@@ -13,7 +13,8 @@ A behaviour is a function ``(out, to, wire)``: ``to`` is the peer a message was 
 a broadcast) and ``wire`` the message; it sends whatever it likes through ``out`` (the original
 methods, and the node's signer to forge *its own* statements). Every equivocation a behaviour
 commits is written to ``--record`` as a JSON line ``{"kind", "view", "seq", "to"}``, so a test
-can check that each one shows up as evidence on the honest nodes.
+can check that each one shows up as evidence on the honest nodes; the other behaviours record
+what they did the same way (kinds not evidence kinds), so a run shows that they acted.
 
 ==========================  ====================================================================
 behaviour                   what leaves the node
@@ -323,6 +324,7 @@ def forger(out: Out, to: str | None, wire: dict[str, Any]) -> None:
         out.to(to, {**wire, "signature": out.digest() * 2})
     # The same message in another validator's name (signed by us, so not by them).
     out.to(to, {**wire, "sender": out.rng.choice(out.peers)})
+    out.record("forged", int(wire.get("view", 0) or 0), int(wire.get("seq", 0) or 0), to)
 
 
 def replayer(out: Out, to: str | None, wire: dict[str, Any]) -> None:
@@ -332,6 +334,7 @@ def replayer(out: Out, to: str | None, wire: dict[str, Any]) -> None:
     for _ in range(out.rng.randint(1, 3)):
         old = out.rng.choice(out.inbox)
         out.to(out.rng.choice([None, *out.peers]), old)
+    out.record("replayed", 0, 0, None)
 
 
 def view_change_hider(out: Out, to: str | None, wire: dict[str, Any]) -> None:
@@ -369,6 +372,7 @@ def view_change_flooder(out: Out, to: str | None, wire: dict[str, Any]) -> None:
             digest = _flood_digest(out, vote.TYPE, view, seq)
             flood = vote(config.chain_id, view, seq, digest)
         out.broadcast(out.sign(flood))
+    out.record("view_change_flood", out.view, out.seq, None)
 
 
 def byzantine_new_primary(out: Out, to: str | None, wire: dict[str, Any]) -> None:
@@ -577,6 +581,7 @@ def lying_heads(out: Out, to: str | None, wire: dict[str, Any]) -> None:
         return
     ahead = wire["seq"] + out.rng.choice((1, 5, 40, 10_000, 2**40))
     out.to(to, {**wire, "seq": ahead, "hash": out.digest()})
+    out.record("lying_head", 0, ahead, to)
 
 
 def early_buffer_flooder(out: Out, to: str | None, wire: dict[str, Any]) -> None:
@@ -601,6 +606,7 @@ def early_buffer_flooder(out: Out, to: str | None, wire: dict[str, Any]) -> None
         digest = out.flood.setdefault(("pre_prepare", view, seq), batch.digest)
         if digest == batch.digest:
             out.broadcast(out.sign(PrePrepare(config.chain_id, view, seq, digest, batch)))
+            out.record("early_pre_prepare", view, seq, None)
 
 
 def amplification_abuser(out: Out, to: str | None, wire: dict[str, Any]) -> None:
@@ -610,11 +616,13 @@ def amplification_abuser(out: Out, to: str | None, wire: dict[str, Any]) -> None
     for vc in list(out.view_changes.values())[-4:]:  # others' VIEW-CHANGEs, again and again
         for _ in range(3):
             out.broadcast(vc)
+        out.record("replayed_view_change", int(vc.get("view", 0)), 0, None)
     if out.digests:
         config = out.cfg()
         request = out.sign(BatchRequest(config.chain_id, tuple(out.digests[-8:])))
         for _ in range(5):
             out.broadcast(request)
+        out.record("batch_requests", 0, 0, None)
 
 
 BEHAVIOURS: dict[str, Behaviour] = {

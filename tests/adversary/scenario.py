@@ -47,6 +47,8 @@ class Report:
     audit_ok: bool = False
     evidence: int = 0
     evidence_ok: bool = False
+    acts: int = -1  # what the Byzantine node recorded doing (-1: no Byzantine node)
+    must_act: bool = False
     acked: int = 0  # transactions acknowledged committed to a client
     acked_missing: int = -1  # (node, acknowledged transaction) pairs missing from a ledger
     transfers: dict[str, int] = field(default_factory=dict)  # ok / failed / unknown
@@ -67,6 +69,7 @@ class Report:
             and self.evidence_ok
             and self.acked_missing == 0
             and self.bad_proofs == 0
+            and (self.acts > 0 or not self.must_act)
             and self.resumed_after_fault_s is not None
             and self.recovered_after_heal_s is not None
             and self.converged_after_load_s is not None
@@ -79,7 +82,8 @@ class Report:
             f"ops ok/failed/unknown {c.get('ok')}/{c.get('failed')}/{c.get('unknown')} "
             f"linearizable={self.linearizable} per_node={self.per_node} "
             f"ledgers_equal={self.ledgers_equal} audit={self.audit_ok} evidence={self.evidence} "
-            f"evidence_ok={self.evidence_ok} acked={self.acked} missing={self.acked_missing} "
+            f"evidence_ok={self.evidence_ok} acts={self.acts} "
+            f"acked={self.acked} missing={self.acked_missing} "
             f"transfers={self.transfers.get('ok')}/{self.transfers.get('failed')}/"
             f"{self.transfers.get('unknown')} proven={self.proven_reads} "
             f"bad_proofs={self.bad_proofs} "
@@ -172,6 +176,7 @@ class Spec:
     # off while the Byzantine one withholds a valid VIEW-CHANGE): safety must hold, liveness
     # only after the heal.
     resume_during_fault: bool = True
+    must_act: bool = True  # the Byzantine node must record having misbehaved at least once
 
 
 def run_partition_primary(
@@ -317,6 +322,11 @@ def _start_relays(cluster: NetCluster, shape: LinkShape, seed: int) -> None:
 
 
 def _check_evidence(spec: Spec, cluster: NetCluster, record: Path, report: Report) -> None:
+    if spec.byzantine is not None:
+        report.acts = len(record.read_text().splitlines()) if record.exists() else 0
+        report.must_act = spec.must_act
+        if spec.must_act and report.acts == 0:
+            report.notes.append("the Byzantine node never misbehaved: the scenario proves nothing")
     items = {i: cluster.get(i, "/v1/evidence")[1]["evidence"] for i in range(4)}
     report.evidence = sum(len(v) for v in items.values())
     if spec.byzantine is None:
@@ -333,7 +343,11 @@ def _check_evidence(spec: Spec, cluster: NetCluster, record: Path, report: Repor
         return
     byzantine = cluster.pubkeys[spec.byzantine[0]]
     lines = record.read_text().splitlines() if record.exists() else []
-    slots = {(e.get("view", 0), e["seq"]) for e in map(json.loads, lines)}
+    slots = {
+        (e.get("view", 0), e["seq"])
+        for e in map(json.loads, lines)
+        if e["kind"] == spec.evidence_kind
+    }
     missing = 0
     for i in range(4):
         if i == spec.byzantine[0]:
@@ -416,6 +430,7 @@ SCENARIOS: dict[str, Spec] = {
             "byzantine-silent",
             "a backup sends no consensus message at all",
             byzantine=(3, "silent"),
+            must_act=False,  # it records nothing: it only withholds
         ),
         Spec(
             "clock-skew",
