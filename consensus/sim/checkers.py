@@ -15,9 +15,11 @@ must agree):
   did not carry that certificate, and a still later NEW-VIEW may re-propose both (PBFT dedups at
   execution too). Spec §3 says the repeat is recorded as "duplicate" and not executed; the check
   is that the host's execution (``HonestHost.executed``) follows that rule. Repeats are counted.
-* **batch times**: the times of executed non-null batches never decrease along a ledger, and
-  none lies further in the future than the tolerated skew (plus the largest honest clock
-  offset) from the true time when it is executed: honest backups refuse such batches;
+* **batch times**: the times of executed non-null batches proposed and committed in one view
+  never decrease along a ledger (across views they may: a NEW-VIEW re-proposes older batches
+  above seqs filled meanwhile), and none lies further in the future than the tolerated skew
+  (plus the largest honest clock offset) from the true time when it is executed: honest backups
+  refuse such batches;
 * **honest evidence is valid**: every VIEW-CHANGE an honest replica sends passes the checks
   another honest replica applies to it, and every NEW-VIEW it sends re-proposes exactly what
   its VIEW-CHANGEs imply (OSDI'99 §4.4). An honest replica holding a certificate that others
@@ -57,7 +59,9 @@ class SafetyChecker:
     ) -> None:
         self._config = config
         self._future_ms = config.time_skew_max_ms + clock_skew_max_ms
-        self._last_time: dict[int, int] = {h.index: 0 for h in hosts if h.honest}
+        # Per host: (view, time) of the last executed batch proposed and committed in one view.
+        self._last_time: dict[int, tuple[int, int]] = {h.index: (-1, 0) for h in hosts if h.honest}
+        self._proposed_in: dict[str, int] = {}  # batch digest -> view of its first PRE-PREPARE
         self._sent_checked: set[str] = set()
         self._sent_found: list[str] = []
         self._verifier = verifier
@@ -119,15 +123,29 @@ class SafetyChecker:
             return []
         found = []
         where = f"tick {tick}: host {index} seq {batch.seq}"
-        if batch.time_ms < self._last_time[index]:
-            found.append(
-                f"{where}: batch time {batch.time_ms} before the previous batch's "
-                f"{self._last_time[index]}"
-            )
+        # Within one view, the batches its primary proposed (and committed there) never go back
+        # in time. Across views they may: a NEW-VIEW re-proposes a batch made earlier, above a
+        # seq that a later primary filled meanwhile; its digest cannot be re-stamped.
+        view = block.certificate.view
+        if self._proposed_in.get(batch.digest) == view:
+            last_view, last_time = self._last_time[index]
+            if last_view == view and batch.time_ms < last_time:
+                found.append(
+                    f"{where}: batch time {batch.time_ms} before the previous batch's "
+                    f"{last_time}, both proposed in view {view}"
+                )
+            if last_view != view or batch.time_ms > last_time:
+                self._last_time[index] = (view, batch.time_ms)
         if now_ms and batch.time_ms > now_ms + self._future_ms:
             found.append(f"{where}: batch time {batch.time_ms - now_ms} ms in the future")
-        self._last_time[index] = max(self._last_time[index], batch.time_ms)
         return found
+
+    def observe(self, wire: dict[str, Any]) -> None:
+        """A consensus message on the network, from anyone: remember where batches come from."""
+        if wire.get("type") == "pre_prepare" and wire.get("batch") is not None:
+            digest, view = wire.get("digest"), wire.get("view")
+            if isinstance(digest, str) and isinstance(view, int):
+                self._proposed_in.setdefault(digest, view)
 
     def check_sent(self, index: int, wire: dict[str, Any], tick: int) -> None:
         """An honest host sends ``wire``: VIEW-CHANGEs and NEW-VIEWs must be valid evidence."""

@@ -222,8 +222,10 @@ class Simulation:
                 targets = [to]
             else:
                 targets = [i for i in self._by_key.get(to, []) if i != src]
-            if self.hosts[src].honest and isinstance(envelope.payload, ConsensusWire):
-                self.safety.check_sent(src, envelope.payload.wire, self.tick)
+            if isinstance(envelope.payload, ConsensusWire):
+                self.safety.observe(envelope.payload.wire)
+                if self.hosts[src].honest:
+                    self.safety.check_sent(src, envelope.payload.wire, self.tick)
             for dst in targets:
                 self.network.send(src, dst, envelope.payload, self.tick)
 

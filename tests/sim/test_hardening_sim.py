@@ -57,6 +57,9 @@ def test_the_checker_refuses_batch_times_going_back_or_from_the_future() -> None
     host.ledger.append(Committed(Batch(chain, 3, now - 1, (_tx(sim, 2),)), cert))
     far = now + sim.config.time_skew_max_ms + 1
     host.ledger.append(Committed(Batch(chain, 4, far, (_tx(sim, 3),)), cert))
+    for block in host.ledger:  # each proposed in view 0, where it commits
+        digest = block.batch.digest
+        sim.safety.observe({"type": "pre_prepare", "view": 0, "digest": digest, "batch": {}})
     found = sim.safety.check(10, now)
     assert any("seq 3: batch time" in v and "before the previous" in v for v in found), found
     assert any("seq 4: batch time" in v and "in the future" in v for v in found), found
