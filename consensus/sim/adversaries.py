@@ -74,10 +74,20 @@ class ByzantineNewPrimary(ByzantineHost):
             vcs[vcs.index(own)] = self._forged_view_change(own)
             return self._replanned(nv, vcs)
         if how == "unsigned_vc":
-            # Another validator's VIEW-CHANGE with its certificates cut out: its signature no
-            # longer matches, and the batch it carried is no longer re-proposed.
+            # Another validator's VIEW-CHANGE altered, so its signature no longer matches: its
+            # certificates cut out, or a certificate for a digest nobody holds slipped in.
             top = max(vcs, key=lambda vc: (len(vc.prepared), vc.sender != self.key))
-            vcs[vcs.index(top)] = dataclasses.replace(top, prepared=())
+            if top.prepared and self.rng.random() < 0.5:
+                altered = dataclasses.replace(top, prepared=())
+            else:
+                seq = max((c.seq for c in top.prepared), default=top.stable_seq) + 1
+                seq = min(seq, top.stable_seq + self.config.watermark_window)
+                view = _own_view_below(self, top.view)
+                cert = _forged_cert(self, view, seq, self._noise(), ())
+                altered = dataclasses.replace(
+                    top, prepared=(*(c for c in top.prepared if c.seq != seq), cert)
+                )
+            vcs[vcs.index(top)] = altered
             return self._replanned(nv, vcs)
         proposals = [(p.seq, p.digest) for p in nv.pre_prepares]
         if how == "swap":
