@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from crypto.keys import load_private_key
-from ledger.evidence import EVIDENCE_PER_VALIDATOR_MAX
+from ledger.evidence import EVIDENCE_PER_VALIDATOR_MAX, EvidenceError, verify_evidence
 from ledger.genesis import load_genesis
 from tests.adversary.cluster import PEER_PORT, ROOT, NetCluster
 from tests.adversary.history import History
@@ -333,6 +333,18 @@ def _check_evidence(spec: Spec, cluster: NetCluster, record: Path, report: Repor
         report.evidence_ok = report.evidence == 0
         return
     byzantine = cluster.pubkeys[spec.byzantine[0]]
+    # Every piece of evidence an honest node serves must verify for a third party.
+    genesis = load_genesis(cluster.dir / "genesis.json")
+    for i, evidence in items.items():
+        if i == spec.byzantine[0]:
+            continue
+        for e in evidence:
+            try:
+                verify_evidence(e, genesis)
+            except EvidenceError as exc:
+                report.evidence_ok = False
+                report.notes.append(f"{cluster.names[i]} serves evidence that fails: {exc}")
+                return
     accused = {e["validator"] for v in items.values() for e in v}
     if accused - {byzantine}:
         report.evidence_ok = False
@@ -343,22 +355,27 @@ def _check_evidence(spec: Spec, cluster: NetCluster, record: Path, report: Repor
         return
     byzantine = cluster.pubkeys[spec.byzantine[0]]
     lines = record.read_text().splitlines() if record.exists() else []
-    slots = {
-        (e.get("view", 0), e["seq"])
-        for e in map(json.loads, lines)
-        if e["kind"] == spec.evidence_kind
-    }
+    # Each equivocation must be evidence on every honest node that received both statements:
+    # all of them for a broadcast ("to": null), else the one it was sent to (e.g. the witness
+    # of an equivocating primary; evidence is not gossiped, spec v2 §7).
+    recorded = [e for e in map(json.loads, lines) if e["kind"] == spec.evidence_kind]
+    slots = {(e.get("view", 0), e["seq"]) for e in recorded}
     missing = 0
     for i in range(4):
         if i == spec.byzantine[0]:
             continue
+        mine = {
+            (e.get("view", 0), e["seq"])
+            for e in recorded
+            if e.get("to") in (None, cluster.pubkeys[i])
+        }
         found = {
             (e["a"]["object"].get("view", 0), e["a"]["object"]["seq"])
             for e in items[i]
             if e["kind"] == spec.evidence_kind and e["validator"] == byzantine
         }
         # Stored evidence is bounded per validator (ledger.evidence): expect the first ones.
-        expected = set(sorted(slots, key=lambda s: s[1])[:EVIDENCE_PER_VALIDATOR_MAX])
+        expected = set(sorted(mine, key=lambda s: s[1])[:EVIDENCE_PER_VALIDATOR_MAX])
         missing += len(expected - found)
     report.evidence_ok = bool(slots) and missing == 0
     if not slots:
