@@ -593,16 +593,13 @@ def early_buffer_flooder(out: Out, to: str | None, wire: dict[str, Any]) -> None
     led = [
         v for v in range(out.view + 1, out.view + 1 + config.n * 3) if config.primary(v) == out.me()
     ]
-    txs = out.last_batch.batch.txs if out.last_batch and out.last_batch.batch else ()
+    # Real transactions (from the latest batch seen) when there are any, else null batches.
+    seen = out.last_batch.batch if out.last_batch is not None else None
+    txs, time_ms = (seen.txs, seen.time_ms) if seen is not None else ((), 0)
     for _ in range(out.rng.randint(1, 8)):
         view = out.rng.choice(led)
         seq = out.seq + out.rng.randint(1, 40)
-        batch = Batch(
-            config.chain_id,
-            seq,
-            out.last_batch.batch.time_ms if txs and out.last_batch and out.last_batch.batch else 0,
-            txs,
-        )
+        batch = Batch(config.chain_id, seq, time_ms, txs)
         digest = out.flood.setdefault(("pre_prepare", view, seq), batch.digest)
         if digest == batch.digest:
             out.broadcast(out.sign(PrePrepare(config.chain_id, view, seq, digest, batch)))
