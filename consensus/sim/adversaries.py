@@ -58,10 +58,13 @@ class ByzantineNewPrimary(ByzantineHost):
     def _rewrite(self, to: Target, wire: dict[str, Any], message: Message) -> list[Envelope]:
         if not isinstance(message, NewView):
             return [_envelope(to, wire)]
-        return [_envelope(to, self._sign(self._corrupt(message)))]
+        # Every corruption, one NEW-VIEW each, in a random order: a replica that accepts any of
+        # them has a check missing.
+        ways = list(self.CORRUPTIONS)
+        self.rng.shuffle(ways)
+        return [_envelope(to, self._sign(self._corrupt(message, how))) for how in ways]
 
-    def _corrupt(self, nv: NewView) -> NewView:
-        how = self.rng.choice(self.CORRUPTIONS)
+    def _corrupt(self, nv: NewView, how: str) -> NewView:
         vcs = list(nv.view_changes)
         if how in ("drop_top", "duplicate"):
             top = max(vcs, key=lambda vc: max((c.view for c in vc.prepared), default=-1))
@@ -77,7 +80,7 @@ class ByzantineNewPrimary(ByzantineHost):
             # Another validator's VIEW-CHANGE altered, so its signature no longer matches: its
             # certificates cut out, or a certificate for a digest nobody holds slipped in.
             top = max(vcs, key=lambda vc: (len(vc.prepared), vc.sender != self.key))
-            if top.prepared and self.rng.random() < 0.5:
+            if top.prepared and self.rng.random() < 0.3:
                 altered = dataclasses.replace(top, prepared=())
             else:
                 seq = max((c.seq for c in top.prepared), default=top.stable_seq) + 1
@@ -92,7 +95,7 @@ class ByzantineNewPrimary(ByzantineHost):
         proposals = [(p.seq, p.digest) for p in nv.pre_prepares]
         if how == "swap":
             real = [i for i, (s, d) in enumerate(proposals) if d != _null_digest(self.config, s)]
-            if real and self.rng.random() < 0.5:  # a committed batch may be replaced: a fork
+            if real and self.rng.random() < 0.3:  # a committed batch may be replaced: a fork
                 i = self.rng.choice(real)
                 proposals[i] = (proposals[i][0], _null_digest(self.config, proposals[i][0]))
             elif proposals:  # a batch nobody holds: the view can never execute it
@@ -110,7 +113,10 @@ class ByzantineNewPrimary(ByzantineHost):
 
     def _forged_view_change(self, vc: ViewChange) -> ViewChange:
         seq = max((c.seq for c in vc.prepared), default=vc.stable_seq + 1)
-        digest = _null_digest(self.config, seq) if self.rng.random() < 0.5 else self._noise()
+        digest = _null_digest(self.config, seq)
+        if self.rng.random() >= 0.3:  # a digest nobody holds, at a seq nobody prepared
+            seq = min(seq + 1, vc.stable_seq + self.config.watermark_window)
+            digest = self._noise()
         forged = _forged_cert(self, _own_view_below(self, vc.view), seq, digest, ())
         prepared = (*tuple(c for c in vc.prepared if c.seq != seq), forged)
         return dataclasses.replace(vc, prepared=prepared, sender=self.key)
