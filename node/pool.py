@@ -324,9 +324,7 @@ class Pool:
         loop = asyncio.get_running_loop()
         chunks = [todo[k : k + VERIFY_CHUNK] for k in range(0, len(todo), VERIFY_CHUNK)]
         futures = [
-            loop.run_in_executor(
-                executor or self._executor, _verify_chunk, [txs[i] for i in chunk]
-            )
+            loop.run_in_executor(executor or self._executor, _verify_chunk, [txs[i] for i in chunk])
             for chunk in chunks
         ]
         for chunk, chunk_verdicts in zip(chunks, await asyncio.gather(*futures), strict=True):

@@ -11,10 +11,12 @@ handler is a bug: it is logged with its traceback and answered 500 ``internal_er
 
 Error codes: ``malformed_tx``, ``bad_signature``, ``wrong_chain``, ``too_large``
 (400/400/400/413, from :mod:`ledger.transaction`); ``insufficient_fee`` (400, from
-:mod:`node.pool`); ``malformed_request`` (400, a body that is not what the endpoint takes); ``invalid_query``, ``invalid_tx_id``, ``invalid_seq``, ``invalid_key``,
-``invalid_pubkey`` (400); ``too_many_txs`` (413); ``pool_full``, ``overloaded`` (429);
+:mod:`node.pool`); ``malformed_request`` (400, a body that is not what the endpoint takes);
+``invalid_query``, ``invalid_tx_id``, ``invalid_seq``, ``invalid_key``, ``invalid_pubkey`` (400);
+``too_many_txs`` (413); ``pool_full``, ``overloaded`` (429);
 ``unknown_tx``, ``unknown_block``, ``unknown_key``, ``not_found`` (404);
-``method_not_allowed`` (405); ``not_acceptable`` (406); ``internal_error`` (500).
+``method_not_allowed`` (405); ``not_acceptable`` (406); ``diverged``, ``min_seq_not_reached``,
+``not_certified``, ``damaged`` (503: the node cannot answer now); ``internal_error`` (500).
 """
 
 from __future__ import annotations
