@@ -12,7 +12,7 @@ compact JSON from the C encoder, for bulk entries nobody hashes):
 ==================  =============================  =============================================
 db                  key                            value
 ==================  =============================  =============================================
-``meta``            ``format_version``             ``b"1"``
+``meta``            ``format_version``             ``b"2"`` (:data:`FORMAT_VERSION`)
                     ``genesis_hash``               hex ASCII
                     ``chain_id``                   UTF-8
                     ``genesis``                    JCS(genesis document)
@@ -390,6 +390,25 @@ class LedgerSnapshot:
         """The state tree's entry on ``path`` with its proof, as of this snapshot's head."""
         return StateTree(_LmdbNodes(self._txn, self._dbs["state_tree"])).lookup(path)
 
+    def block_event(self, seq: int) -> dict[str, Any] | None:
+        """Block ``seq``'s SSE event ``{"seq", "hash", "tx_count", "tx_ids"}`` from the stored
+        tx_ids (no transaction is decoded or hashed again); None beyond the head."""
+        key = _seq8(seq)
+        header = self._txn.get(key, db=self._dbs["blocks"])
+        if header is None:
+            return None
+        raw = self._txn.get(key, db=self._dbs["block_tx_ids"])
+        if raw is None:
+            raise StoreError(f"block {seq} has no tx_ids: the ledger is damaged")
+        raw = bytes(raw)
+        tx_ids = [raw[i : i + 32].hex() for i in range(0, len(raw), 32)]
+        return {
+            "seq": seq,
+            "hash": _load(header)["hash"],
+            "tx_count": len(tx_ids),
+            "tx_ids": tx_ids,
+        }
+
     def block_hash(self, seq: int) -> str | None:
         """``block_hash(seq)``; ``genesis_hash`` for seq 0; None beyond the head."""
         if seq == 0:
@@ -732,6 +751,9 @@ class LedgerStore:
 
     def block_hash(self, seq: int) -> str | None:
         return self._read(lambda s: s.block_hash(seq))
+
+    def block_event(self, seq: int) -> dict[str, Any] | None:
+        return self._read(lambda s: s.block_event(seq))
 
     def tx_location(self, tx_id: str) -> tuple[int, int] | None:
         return self._read(lambda s: s.tx_location(tx_id))

@@ -34,7 +34,6 @@ from urllib.parse import unquote_to_bytes
 from aiohttp import web
 
 from crypto.canonical import MAX_SAFE_INTEGER, CanonicalJsonError, parse_json
-from crypto.hashing import hash_object
 from crypto.hexcodec import HASH_HEX_LEN, KEY_HEX_LEN, is_hex
 from crypto.signing import is_valid_public_key
 from ledger.store import StoreError
@@ -104,6 +103,8 @@ class StoreReader(Protocol):
     def head(self) -> tuple[int, str]: ...
 
     def block(self, seq: int) -> dict[str, Any] | None: ...
+
+    def block_event(self, seq: int) -> dict[str, Any] | None: ...
 
     def receipt(self, tx_id: str) -> dict[str, Any] | None: ...
 
@@ -622,12 +623,6 @@ async def get_openapi(request: web.Request) -> web.Response:
 # ---- events ---------------------------------------------------------------------------------
 
 
-def block_event(block: Mapping[str, Any]) -> dict[str, Any]:
-    """The ``block`` event of a stored block (as ``GET /v1/blocks/{seq}`` answers it)."""
-    tx_ids = [hash_object(tx["body"]) for tx in block["txs"]]
-    return {"seq": block["seq"], "hash": block["hash"], "tx_count": len(tx_ids), "tx_ids": tx_ids}
-
-
 def _sse(event: Mapping[str, Any]) -> bytes:
     return f"event: block\nid: {event['seq']}\ndata: {_dumps(event)}\n\n".encode()
 
@@ -664,24 +659,25 @@ async def get_events(request: web.Request) -> web.StreamResponse:
 async def _stream_events(
     context: ApiContext, response: web.StreamResponse, from_seq: int | None
 ) -> None:
-    last = -1 if from_seq is None else max(from_seq, 1) - 1
-    if from_seq is not None:
-        while True:
-            head = context.store.head()[0]
-            if last >= head:
-                break
-            for seq in range(last + 1, min(head, last + SSE_REPLAY_CHUNK) + 1):
-                block = context.store.block(seq)
-                if block is None:  # the head only grows: a missing block is a damaged ledger
-                    raise RuntimeError(f"block {seq} is missing below the head {head}")
-                await response.write(_sse(block_event(block)))
-                last = seq
-    # Subscribed with no await since the last look at the head: every later block is queued.
+    # Subscribe before the replay: a replaying client holds a subscriber slot like any other,
+    # and every block executed from now on is queued, so the replay below (up to a head read
+    # after this point) and the live events leave no gap; repeats are skipped by seq.
     try:
         subscription = context.events.subscribe()
     except TooManyWaiters:
         return
+    last = -1 if from_seq is None else max(from_seq, 1) - 1
     try:
+        while from_seq is not None:
+            head = context.store.head()[0]
+            if last >= head:
+                break
+            for seq in range(last + 1, min(head, last + SSE_REPLAY_CHUNK) + 1):
+                event = context.store.block_event(seq)
+                if event is None:  # the head only grows: a missing block is a damaged ledger
+                    raise RuntimeError(f"block {seq} is missing below the head {head}")
+                await response.write(_sse(event))
+                last = seq
         while True:
             try:
                 event = await asyncio.wait_for(subscription.queue.get(), context.sse_keepalive_s)

@@ -412,3 +412,32 @@ def test_sse_from_seq_beyond_head_waits(tmp_path: Path) -> None:
         run(h, scenario)
     finally:
         h.close()
+
+
+def test_a_replaying_subscriber_holds_a_slot_from_the_start(tmp_path: Path) -> None:
+    """A client replaying history counts toward the subscriber cap while it replays (else many
+    long replays could run beyond the cap); the events it replays come from the stored tx_ids."""
+    h = ApiHarness(tmp_path / "ledger", sse_keepalive_s=0.05)
+    h.events.subscribers_max = 1
+    txs = [tx(ALICE, i, {"op": "set", "key": f"k{i}", "value": i}) for i in range(2)]
+    h.commit(txs)
+
+    async def scenario(c: Any) -> None:
+        r = await c.get("/v1/events?from_seq=5")  # beyond the head: still replaying
+        await asyncio.sleep(0.05)
+        assert len(h.events) == 1
+        refused = await c.get("/v1/events?from_seq=1")
+        assert refused.status == 429 and (await refused.json())["error"] == "overloaded"
+        r.close()
+        await asyncio.sleep(0.1)
+        assert len(h.events) == 0
+        r = await c.get("/v1/events?from_seq=1")
+        (event,) = await _read_events(r, 1)
+        assert event["tx_ids"] == [t.tx_id for t in txs] and event["tx_count"] == 2
+        assert event == h.store.block_event(1)
+        r.close()
+
+    try:
+        run(h, scenario)
+    finally:
+        h.close()
