@@ -53,7 +53,7 @@ from ledger.state_machine import (
     error_result,
 )
 from ledger.state_tree import MemoryNodeStore, StateTree, StateTreeDamaged, entry_changes
-from ledger.store import FORMAT_VERSION, _dump, state_record
+from ledger.store import FORMAT_VERSION, _dump, _LmdbNodes, state_record
 from ledger.transaction import (
     BODY_BYTES_MAX,
     MALFORMED,
@@ -618,7 +618,8 @@ class LedgerAudit:
         view = self._view
         assert view is not None
         try:
-            stored = StateTree(_ReadNodes(self._txn, self._dbs["state_tree"])).root()
+            # The audit's transaction is read-only: LMDB itself refuses any write to the tree.
+            stored = StateTree(_LmdbNodes(self._txn, self._dbs["state_tree"])).root()
         except StateTreeDamaged as exc:
             self._fail(None, "state_tree", str(exc))
             return
@@ -815,24 +816,6 @@ class LedgerAudit:
 
 
 # -- helpers ------------------------------------------------------------------------------------
-
-
-class _ReadNodes:
-    """The stored state tree's records, read-only (a :class:`NodeStore` whose writes refuse)."""
-
-    def __init__(self, txn: lmdb.Transaction, db: Any) -> None:
-        self._txn = txn
-        self._db = db
-
-    def get_node(self, pos: bytes) -> bytes | None:
-        data = self._txn.get(pos, db=self._db)
-        return None if data is None else bytes(data)
-
-    def put_node(self, pos: bytes, record: bytes) -> None:
-        raise PermissionError("the audit never writes")
-
-    def delete_node(self, pos: bytes) -> None:
-        raise PermissionError("the audit never writes")
 
 
 def _decode(wire: Any, slow: bool) -> tuple[bytes | None, ValidTx | None, bytes | None, str | None]:
