@@ -248,7 +248,7 @@ def run(args: argparse.Namespace) -> int:
     if result.get("ok") is not True:
         return _fail(
             f"transaction committed at seq {receipt.get('seq')} but failed: "
-            f"{result.get('error')}; it changed no state",
+            f"{result.get('error')}; it changed no state beyond its fee",
             EXIT_TX_FAILED,
         )
     return EXIT_OK
