@@ -32,7 +32,7 @@ submitted is executed by every honest host (not Byzantine, not a twin) within th
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from consensus.batch import Batch, TxChecker, block_hash, commit_vote_body
@@ -169,18 +169,39 @@ class SafetyChecker:
                 f"{getattr(message, 'view', '?')}: {reason}"
             )
 
+    def check_installed(self, index: int, wire: dict[str, Any], tick: int) -> None:
+        """An honest host installed the view of the NEW-VIEW ``wire`` on receiving it: it must
+        be evidence an honest replica could have sent (q distinct valid VIEW-CHANGEs, each
+        validly signed, and exactly the re-proposals OSDI'99 §4.4 derives from them). Accepting
+        anything else lets a faulty new primary choose what the new view re-proposes."""
+        try:
+            message = decode_message(wire)
+        except MalformedMessage as exc:
+            self._sent_found.append(f"tick {tick}: host {index} installed a malformed {exc.reason}")
+            return
+        reason = self._invalid_evidence(message)
+        if reason is not None:
+            self._sent_found.append(
+                f"tick {tick}: host {index} (honest) installed an invalid {message.TYPE} for "
+                f"view {getattr(message, 'view', '?')}: {reason}"
+            )
+
     def _invalid_evidence(self, message: Message) -> str | None:
         def verify(m: Message) -> bool:
             return verify_message(self._verifier, m)
 
         if isinstance(message, ViewChange):
-            return check_view_change(self._config, verify, message)
+            return check_view_change(self._config, verify, message) or _cert_fault(
+                self._config, verify, message
+            )
         if isinstance(message, NewView):
             senders = {vc.sender for vc in message.view_changes}
             if len(senders) < self._config.q or len(senders) != len(message.view_changes):
                 return "not q distinct VIEW-CHANGEs"
             for vc in message.view_changes:
-                reason = check_view_change(self._config, verify, vc)
+                reason = check_view_change(self._config, verify, vc) or _cert_fault(
+                    self._config, verify, vc
+                )
                 if vc.view != message.view or not verify(vc) or reason is not None:
                     return f"VIEW-CHANGE of {vc.sender[:8]} invalid ({reason})"
             proposals = tuple((p.seq, p.digest) for p in message.pre_prepares)
@@ -251,6 +272,29 @@ def _reference_proposals(
         (seq, best[seq][1] if seq in best else Batch.null(config.chain_id, seq).digest)
         for seq in range(min_s + 1, max_s + 1)
     )
+
+
+def _cert_fault(
+    config: ReplicaConfig, verify: Callable[[Message], bool], vc: ViewChange
+) -> str | None:
+    """OSDI'99 §4.4's prepared certificate, checked apart from ``consensus.view_change`` so that
+    a weakened check there cannot weaken the oracle: a pre-prepare signed by its view's primary
+    and q - 1 matching PREPAREs validly signed by distinct other validators."""
+    for cert in vc.prepared:
+        pp = cert.pre_prepare
+        if pp.sender != config.primary(pp.view) or not verify(pp):
+            return f"certificate for seq {pp.seq}: pre-prepare not from view {pp.view}'s primary"
+        good = {
+            p.sender
+            for p in cert.prepares
+            if (p.chain_id, p.view, p.seq, p.digest) == (pp.chain_id, pp.view, pp.seq, pp.digest)
+            and config.is_validator(p.sender)
+            and p.sender != pp.sender
+            and verify(p)
+        }
+        if len(good) < config.q - 1:
+            return f"certificate for seq {pp.seq}: {len(good)} valid PREPAREs, not {config.q - 1}"
+    return None
 
 
 def _chain(genesis_hash: str, ledger: Sequence[Committed]) -> list[str]:

@@ -30,7 +30,7 @@ from consensus.sim.faults import (
 )
 from consensus.sim.hosts import Envelope, HonestHost
 from consensus.sim.keys import ClientTxChecker, make_keys
-from consensus.sim.network import IN_FLIGHT_MAX, ConsensusWire, Network
+from consensus.sim.network import IN_FLIGHT_MAX, ConsensusWire, Network, Payload
 from consensus.sim.scenario import TWIN, Scenario, scenario_for_seed
 
 CHAIN_ID = "phalanx-sim"
@@ -204,7 +204,24 @@ class Simulation:
             if not packets:
                 break
             for p in packets:
-                self._route(p.dst, self._host(p.dst, "packet").on_packet(p.src, p.payload))
+                self._deliver(p.src, p.dst, p.payload)
+
+    def _deliver(self, src: int, dst: int, payload: Payload) -> None:
+        host = self._host(dst, "packet")
+        replica = host.replica
+        before = None if replica is None else (replica.view, replica.in_view_change)
+        self._route(dst, host.on_packet(src, payload))
+        # An honest host that enters a view on a NEW-VIEW must have accepted valid evidence.
+        if (
+            host.honest
+            and replica is not None
+            and isinstance(payload, ConsensusWire)
+            and payload.wire.get("type") == "new_view"
+            and payload.wire.get("view") == replica.view
+            and not replica.in_view_change
+            and before != (replica.view, False)
+        ):
+            self.safety.check_installed(dst, payload.wire, self.tick)
 
     def _host(self, index: int, what: str) -> HonestHost:
         """The host about to run, remembered so that an exception can name it."""
