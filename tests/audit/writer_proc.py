@@ -1,14 +1,15 @@
 """Run by test_concurrent as a separate process: a node-like writer appending to a ledger.
 
 Usage: python -m tests.audit.writer_proc DATA_DIR BLOCKS. Prints "ready" after the first block,
-then appends the rest (5 signed transactions each) with short pauses, starting from a tiny map
-so that the map grows while the test's audits read. Prints "done" at the end.
+then appends (5 signed transactions each, short pauses, from a tiny map so that the map grows
+while the test's audits read) until a line arrives on stdin or BLOCKS blocks are written, so the
+audits overlap the appends however slow the machine is. Prints "done SEQ" at the end.
 """
 
 from __future__ import annotations
 
+import select
 import sys
-import time
 from pathlib import Path
 
 from ledger.store import LedgerStore
@@ -28,8 +29,9 @@ def main() -> int:
             append(store, genesis, seq, txs, view=seq % 3)
             if seq == 1:
                 print("ready", flush=True)
-            time.sleep(0.003)
-    print("done", flush=True)
+            if select.select([sys.stdin], [], [], 0.003)[0]:
+                break
+    print(f"done {seq}", flush=True)
     return 0
 
 
