@@ -149,6 +149,10 @@ class _Watcher:
         return self.after_s
 
 
+# Every honest node must commit past the head at the heal within this many seconds of it.
+RECOVERY_BOUND_S = 20.0
+
+
 @dataclass
 class Ctx:
     net: TestNet
@@ -249,6 +253,12 @@ def run(spec: Spec, workdir: Path, seed: int = 1) -> Report:
             seq_at_heal = max(h[0] for h in cluster.heads(honest).values() if h is not None)
             recovery = _Watcher(cluster, honest, seq_at_heal, every=True).start()
             run_clients(clients, lambda c: _step(c, everyone), spec.load_s)
+            # Keep a load on until every honest node commits past the heal's head, within the
+            # stated bound: a node that needs a view change or a catch-up to rejoin may take
+            # longer than load_s, and with no load there would be nothing left to commit.
+            healed_at = time.monotonic() - spec.load_s
+            while recovery.after_s is None and time.monotonic() - healed_at < RECOVERY_BOUND_S:
+                run_clients(clients, lambda c: _step(c, everyone), 1.0)
             report.recovered_after_heal_s = recovery.stop()
             if report.recovered_after_heal_s is None:
                 report.notes.append("some node did not commit past the head at the heal")

@@ -12,12 +12,11 @@ import pytest
 
 from tests.adversary.linearizability import Verdict
 from tests.adversary.netns import ensure_nftables, unavailable_reason
-from tests.adversary.scenario import run_named
+from tests.adversary.scenario import RECOVERY_BOUND_S, run_named
 from tests.adversary.twins import run_twins
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 REASON = unavailable_reason()
-RECOVERY_BOUND_S = 20.0  # commits resume on every honest node within this after a heal
 
 
 @pytest.fixture(autouse=True)
