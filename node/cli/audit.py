@@ -34,6 +34,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from ledger.audit import AuditReport
     from ledger.genesis import Genesis
 
@@ -377,28 +379,29 @@ def _verify_receipt(args: argparse.Namespace) -> int:
 def _verify_evidence(args: argparse.Namespace) -> int:
     from node.cli.audit_evidence import verify_evidence_file
 
-    if len(args.paths) != 2:
-        raise UsageError(f"{VERIFY_EVIDENCE} takes exactly one EVIDENCE.json")
-    if args.genesis is None:
-        raise UsageError(f"{VERIFY_EVIDENCE} needs --genesis FILE")
-    genesis = _load_genesis(args.genesis)
-    try:
-        ok = verify_evidence_file(Path(args.paths[1]), genesis, args.json, _emit, _provenance())
-    except OSError as exc:
-        raise UsageError(f"cannot read {args.paths[1]}: {exc.strerror or exc}") from exc
-    return EXIT_OK if ok else EXIT_FAILED
+    return _verify_file(args, VERIFY_EVIDENCE, "EVIDENCE.json", verify_evidence_file)
 
 
 def _verify_read(args: argparse.Namespace) -> int:
     from node.cli.audit_read import verify_read_file
 
+    return _verify_file(args, VERIFY_READ, "READ.json", verify_read_file)
+
+
+def _verify_file(
+    args: argparse.Namespace,
+    command: str,
+    what: str,
+    verify: Callable[[Path, Genesis, bool, Callable[[str], None], dict[str, Any]], bool],
+) -> int:
+    """``phalanx audit COMMAND FILE --genesis G``: ``verify`` reports on stdout; exit 0 if valid."""
     if len(args.paths) != 2:
-        raise UsageError(f"{VERIFY_READ} takes exactly one READ.json")
+        raise UsageError(f"{command} takes exactly one {what}")
     if args.genesis is None:
-        raise UsageError(f"{VERIFY_READ} needs --genesis FILE")
+        raise UsageError(f"{command} needs --genesis FILE")
     genesis = _load_genesis(args.genesis)
     try:
-        ok = verify_read_file(Path(args.paths[1]), genesis, args.json, _emit, _provenance())
+        ok = verify(Path(args.paths[1]), genesis, args.json, _emit, _provenance())
     except OSError as exc:
         raise UsageError(f"cannot read {args.paths[1]}: {exc.strerror or exc}") from exc
     return EXIT_OK if ok else EXIT_FAILED
