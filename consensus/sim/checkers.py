@@ -157,33 +157,28 @@ class SafetyChecker:
         if len(self._sent_checked) >= SENT_CHECKED_MAX:
             self._sent_checked.clear()
         self._sent_checked.add(signature)
-        try:
-            message = decode_message(wire)
-        except MalformedMessage as exc:
-            self._sent_found.append(f"tick {tick}: host {index} sent a malformed {exc.reason}")
-            return
-        reason = self._invalid_evidence(message)
-        if reason is not None:
-            self._sent_found.append(
-                f"tick {tick}: host {index} (honest) sent an invalid {message.TYPE} for view "
-                f"{getattr(message, 'view', '?')}: {reason}"
-            )
+        self._check_evidence(index, wire, tick, "sent")
 
     def check_installed(self, index: int, wire: dict[str, Any], tick: int) -> None:
         """An honest host installed the view of the NEW-VIEW ``wire`` on receiving it: it must
         be evidence an honest replica could have sent (q distinct valid VIEW-CHANGEs, each
         validly signed, and exactly the re-proposals OSDI'99 §4.4 derives from them). Accepting
         anything else lets a faulty new primary choose what the new view re-proposes."""
+        self._check_evidence(index, wire, tick, "installed")
+
+    def _check_evidence(self, index: int, wire: dict[str, Any], tick: int, act: str) -> None:
+        """Record a finding if the VIEW-CHANGE or NEW-VIEW ``wire`` that honest host ``index``
+        ``act`` (sent or installed) is malformed or not valid evidence."""
         try:
             message = decode_message(wire)
         except MalformedMessage as exc:
-            self._sent_found.append(f"tick {tick}: host {index} installed a malformed {exc.reason}")
+            self._sent_found.append(f"tick {tick}: host {index} {act} a malformed {exc.reason}")
             return
         reason = self._invalid_evidence(message)
         if reason is not None:
             self._sent_found.append(
-                f"tick {tick}: host {index} (honest) installed an invalid {message.TYPE} for "
-                f"view {getattr(message, 'view', '?')}: {reason}"
+                f"tick {tick}: host {index} (honest) {act} an invalid {message.TYPE} for view "
+                f"{getattr(message, 'view', '?')}: {reason}"
             )
 
     def _invalid_evidence(self, message: Message) -> str | None:
