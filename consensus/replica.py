@@ -171,6 +171,7 @@ class Replica:
         self._helped: dict[tuple[str, int], int] = {}  # (sender, view) -> tick of our NEW-VIEW
         self._relayed_view = -1  # the view in which we last relayed requests on timeout
         self._timer_restart_tick = 0  # a relay on timeout gives the primary one more timeout
+        self._lost_peers: frozenset[str] = frozenset()  # from the node, at every tick
         self._signed_votes: dict[tuple[str, int, int], str] = {}  # (type, view, seq) -> digest
         self._verified: set[tuple[str, str, str, bytes]] = set()
 
@@ -256,11 +257,17 @@ class Replica:
         self._try_propose(force=False)
         return self._take()
 
-    def on_tick(self, now_ms: int) -> Output:
-        """One timer tick. ``now_ms`` stamps batches and bounds their times; never safety."""
+    def on_tick(self, now_ms: int, lost_peers: Iterable[str] = ()) -> Output:
+        """One timer tick. ``now_ms`` stamps batches and bounds their times; never safety.
+        ``lost_peers``: validators the node had a link to that has been down for a while. If
+        the primary is among them and requests wait, a backup asks for the next view at once
+        instead of waiting for its request timer. It only sends its own VIEW-CHANGE (the others
+        join on f + 1, a new view needs q), so a faulty peer cannot force a view change this
+        way and safety never depends on it."""
         self._out = Output()
         self._now_ms = now_ms
         self._ticks += 1
+        self._lost_peers = frozenset(lost_peers)
         if self._active:
             self._tick_normal_case()
             self._tick_retransmit()
@@ -875,6 +882,9 @@ class Replica:
                 self._batch_wait_ticks += 1
                 if self._batch_wait_ticks >= self._config.batch_delay_ticks:
                     self._try_propose(force=True)
+            return
+        if self._pending and self.primary in self._lost_peers:
+            self._start_view_change(self._view + 1)  # no relay: the primary cannot receive it
             return
         if self._request_timer_expired():
             if self._relay_stale_requests():

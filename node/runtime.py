@@ -55,6 +55,9 @@ RELAY = "relay-txs"
 RELAY_CHUNK_MAX = 500
 BATCH_BYTES_MAX = 4 * 1024 * 1024
 VIEW_CHANGE_TIMEOUT_MS = 2_000
+# A link to the primary that dropped and stayed down this long (a reconnect takes ~0.1 s) lets a
+# backup with waiting requests ask for a view change without waiting for its request timer.
+LINK_LOST_S = 0.5
 OPERATOR_POLL_S = 0.5  # peer/catch-up log events, peer gauge; node-status every other poll
 
 _log = logging.getLogger("phalanx.node")
@@ -365,7 +368,7 @@ class NodeRuntime:
     async def _step(self, event: _Event) -> Output:
         if isinstance(event, _Tick):
             self._tick_pending = False
-            return self.replica.on_tick(event.now_ms)
+            return self.replica.on_tick(event.now_ms, self.peers.lost_peers(LINK_LOST_S))
         if isinstance(event, _PeerMessage):
             # Verify the transactions of the current primary's proposal in the thread pool
             # first, so the replica's synchronous check is a cache hit and the loop is not

@@ -163,6 +163,7 @@ class _Peer:
     queue_bytes: int = 0
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)
     link: _Link | None = None
+    down_since: float | None = None  # monotonic time our link to it dropped; None while up
     banned_until: float = 0.0
     strikes: int = 0
     duplicate_logged: bool = False
@@ -337,6 +338,17 @@ class PeerNetwork:
 
     def connected_peers(self) -> list[str]:
         return sorted(p.pubkey for p in self._peers.values() if p.link is not None)
+
+    def lost_peers(self, for_s: float) -> frozenset[str]:
+        """Peers we had a link to that dropped at least ``for_s`` ago and has not come back (a
+        crashed process, a cut cable). Peers never reached since we started are not listed:
+        that is no evidence about them, only that we are new."""
+        now = time.monotonic()
+        return frozenset(
+            p.pubkey
+            for p in self._peers.values()
+            if p.link is None and p.down_since is not None and now - p.down_since >= for_s
+        )
 
     def queue_len(self, pubkey: str) -> int:
         return len(self._peer(pubkey).queue)
@@ -810,6 +822,7 @@ class PeerNetwork:
                 _abort(link.writer)
                 return False
         peer.link = link
+        peer.down_since = None
         self.metrics.connects += 1
         peer.wakeup.set()
         link.tasks = [
@@ -870,6 +883,7 @@ class PeerNetwork:
         peer = self._peers[link.peer]
         if peer.link is link:
             peer.link = None
+            peer.down_since = time.monotonic()
             self.metrics.disconnects += 1
             self._log.info("peer_disconnected", extra={"peer": link.peer})
 
