@@ -6,8 +6,10 @@ It runs in its own process, separate from the nodes. It measures, in one run:
   block event arrives on GET /v1/events;
 - commit latency p50/p99 under that load: from the moment a transaction's submission request
   was sent to the moment its block event arrived (it includes queueing behind the whole flood);
+- the peak resident memory (VmRSS, with any child processes) of every node during the flood;
 - idle latency p50/p99: one transaction at a time, POST /v1/tx?wait=commit round trips on an
-  otherwise idle testnet (what a single client sees).
+  otherwise idle testnet, each answered with a receipt carrying its execution certificate (what
+  a single client waiting for proof sees).
 and prints the ratio of committed tx/s to the signature limit cores / (t_sign + 4 * t_verify)
 (a client signs once; each of 4 nodes verifies once).
 """
@@ -16,78 +18,52 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+from bench_common import (
+    RssSampler,
+    Target,
+    head_seq,
+    idle_latencies,
+    make_transactions,
+    measure_ed25519,
+    quantile_ms,
+    sampling_rss,
+    signature_limit,
+    wait_committed,
+    watch_commits,
+)
 
 from crypto.hashing import hash_object
-from crypto.signing import TAG_TX, Ed25519Signer, signing_input, verify_bytes
 from node.p2p.guard import PLAINTEXT_ENV
 
 
-def measure_ed25519(samples: int = 3000) -> tuple[float, float]:
-    """Seconds per sign and per verify on one core, for a typical transaction-sized message."""
-    signer = Ed25519Signer.generate()
-    message = b"x" * 160
-    start = time.perf_counter()
-    for _ in range(samples):
-        signature = signer.sign_bytes(message)
-    t_sign = (time.perf_counter() - start) / samples
-    start = time.perf_counter()
-    for _ in range(samples):
-        verify_bytes(signer.public_key, message, signature)
-    t_verify = (time.perf_counter() - start) / samples
-    return t_sign, t_verify
+@dataclass
+class FloodResult:
+    submitted: int
+    rejected: int
+    committed: int
+    seconds: float
+    latencies: list[float]  # sorted seconds, submission request sent -> block event
+    rss: RssSampler
 
-
-def make_transactions(
-    signer: Ed25519Signer, chain_id: str, count: int, run_tag: str
-) -> list[dict[str, Any]]:
-    """``count`` v2 transactions for the chain ``chain_id``, each setting a key of its own."""
-    txs = []
-    for i in range(count):
-        body = {
-            "chain_id": chain_id,
-            "client": signer.public_key,
-            "nonce": i,
-            "ops": [{"op": "set", "key": f"bench/{run_tag}/{i}", "value": i}],
-        }
-        txs.append({"body": body, "sig": signer.sign_bytes(signing_input(TAG_TX, body))})
-    return txs
-
-
-async def watch_commits(
-    url: str, wanted: set[str], committed_at: dict[str, float], from_seq: int, done: asyncio.Event
-) -> None:
-    timeout = aiohttp.ClientTimeout(total=None, sock_read=None)
-    async with (
-        aiohttp.ClientSession(timeout=timeout) as session,
-        session.get(f"{url}/v1/events", params={"from_seq": str(from_seq)}) as response,
-    ):
-        event = ""
-        async for raw in response.content:
-            line = raw.decode().rstrip("\n")
-            if line.startswith("event:"):
-                event = line[6:].strip()
-            elif line.startswith("data:") and event == "block":
-                now = time.perf_counter()
-                for tx_id in json.loads(line[5:])["tx_ids"]:
-                    if tx_id in wanted and tx_id not in committed_at:
-                        committed_at[tx_id] = now
-                if len(committed_at) >= len(wanted):
-                    done.set()
-                    return
+    @property
+    def tx_per_s(self) -> float:
+        return self.committed / self.seconds if self.committed else 0.0
 
 
 async def submit_all(
     urls: list[str], chunks: list[list[dict[str, Any]]], sent_at: dict[str, float], concurrency: int
 ) -> int:
+    """Posts every chunk through ``POST /v1/txs`` with ``concurrency`` requests in flight,
+    retrying a chunk the pool refused (429); returns how many transactions were rejected."""
     rejected = 0
     queue: asyncio.Queue[tuple[int, list[dict[str, Any]]]] = asyncio.Queue()
     for i, chunk in enumerate(chunks):
@@ -121,61 +97,44 @@ async def submit_all(
     return rejected
 
 
-async def idle_latencies(
-    urls: list[str], client: Ed25519Signer, chain_id: str, count: int
-) -> list[float]:
-    """Seconds per ``POST /v1/tx?wait=commit``, one transaction at a time, rotating nodes."""
-    txs = make_transactions(client, chain_id, count, run_tag=f"idle-{time.time_ns()}")
-    latencies = []
-    async with aiohttp.ClientSession() as session:
-        for i, tx in enumerate(txs):
+async def flood(
+    target: Target, count: int, chunk: int, concurrency: int, timeout_s: float
+) -> FloodResult:
+    """Submits ``count`` fresh transactions as fast as the testnet takes them and waits (at
+    most ``timeout_s``) for their block events, sampling every node's memory meanwhile."""
+    txs = make_transactions(target.client, target.chain_id, count, f"flood-{time.time_ns()}")
+    tx_ids = [hash_object(tx["body"]) for tx in txs]
+    chunks = [txs[i : i + chunk] for i in range(0, len(txs), chunk)]
+    sent_at: dict[str, float] = {}
+    committed_at: dict[str, float] = {}
+    watcher = asyncio.create_task(
+        watch_commits(target.urls[0], committed_at, await head_seq(target.urls[0]) + 1)
+    )
+    await asyncio.sleep(0.2)  # let the event stream attach before the first commit
+    try:
+        async with sampling_rss(target.pids) as rss:
             start = time.perf_counter()
-            url = f"{urls[i % len(urls)]}/v1/tx"
-            async with session.post(url, params={"wait": "commit"}, json=tx) as response:
-                body = await response.json()
-            if response.status != 200 or body.get("status") != "committed":
-                raise RuntimeError(f"POST /v1/tx?wait=commit answered {response.status}: {body}")
-            latencies.append(time.perf_counter() - start)
-    return sorted(latencies)
-
-
-def _ms(latencies: list[float], quantile: float) -> float | None:
-    if not latencies:
-        return None
-    return round(latencies[int(quantile * (len(latencies) - 1))] * 1000, 1)
+            rejected = await submit_all(target.urls, chunks, sent_at, concurrency)
+            # Rejected transactions never commit: wait only for the accepted ones; the report
+            # says how many did not commit in time.
+            await wait_committed(committed_at, sent_at.keys(), timeout_s)
+    finally:
+        watcher.cancel()
+    committed = [t for t in tx_ids if t in committed_at]
+    seconds = (max(committed_at[t] for t in committed) - start) if committed else float("nan")
+    latencies = sorted(committed_at[t] - sent_at[t] for t in committed if t in sent_at)
+    return FloodResult(len(txs), rejected, len(committed), seconds, latencies, rss)
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    testnet = json.loads(Path(args.dir, "testnet.json").read_text())
-    urls = [node["url"] for node in testnet["nodes"]]
-    client = Ed25519Signer(bytes.fromhex(Path(args.dir, "client.key").read_text().strip()))
-    chain_id = json.loads(Path(testnet["genesis"]).read_text())["chain_id"]
-
+    target = Target.load(Path(args.dir))
     t_sign, t_verify = measure_ed25519()
-    txs = make_transactions(client, chain_id, args.txs, run_tag=str(int(time.time())))
-    tx_ids = {hash_object(tx["body"]) for tx in txs}
-    chunks = [txs[i : i + args.chunk] for i in range(0, len(txs), args.chunk)]
-
-    async with aiohttp.ClientSession() as session, session.get(f"{urls[0]}/v1/status") as r:
-        head = (await r.json())["seq"]
-    sent_at: dict[str, float] = {}
-    committed_at: dict[str, float] = {}
-    done = asyncio.Event()
-    watcher = asyncio.create_task(watch_commits(urls[0], tx_ids, committed_at, head + 1, done))
-    await asyncio.sleep(0.2)  # let the event stream attach before the first commit
-
-    start = time.perf_counter()
-    rejected = await submit_all(urls, chunks, sent_at, args.concurrency)
-    with contextlib.suppress(TimeoutError):  # the report says how many did not commit
-        await asyncio.wait_for(done.wait(), timeout=args.timeout)
-    watcher.cancel()
-    committed = [tx_id for tx_id in tx_ids if tx_id in committed_at]
-    elapsed = (max(committed_at.values()) - start) if committed_at else float("nan")
-    latencies = sorted(committed_at[t] - sent_at[t] for t in committed if t in sent_at)
     cores = os.cpu_count() or 1
-    limit = cores / (t_sign + 4 * t_verify)
-    tps = len(committed) / elapsed if committed else 0.0
-    idle = await idle_latencies(urls, client, chain_id, args.idle_txs)
+    limit = signature_limit(cores, t_sign, t_verify)
+    print(f"bench: flooding with {args.txs} transactions", file=sys.stderr)
+    result = await flood(target, args.txs, args.chunk, args.concurrency, args.timeout)
+    print(f"bench: {args.idle_txs} transactions one at a time (idle)", file=sys.stderr)
+    idle = await idle_latencies(target, args.idle_txs)
     return {
         # TLS unless the testnet was started with PHALANX_INSECURE_BENCH_PLAINTEXT_LINKS=1
         # (node.p2p.guard), which exists only to measure what TLS costs.
@@ -184,17 +143,27 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "ed25519_sign_per_s": round(1 / t_sign),
         "ed25519_verify_per_s": round(1 / t_verify),
         "signature_limit_tx_per_s": round(limit),
-        "submitted": len(txs),
-        "rejected": rejected,
-        "committed": len(committed),
-        "seconds": round(elapsed, 3),
-        "committed_tx_per_s": round(tps, 1),
-        "latency_p50_ms": _ms(latencies, 0.5),
-        "latency_p99_ms": _ms(latencies, 0.99),
-        "ratio_to_signature_limit": round(tps / limit, 4),
-        "idle_latency_p50_ms": _ms(idle, 0.5),
-        "idle_latency_p99_ms": _ms(idle, 0.99),
+        "submitted": result.submitted,
+        "rejected": result.rejected,
+        "committed": result.committed,
+        "seconds": round(result.seconds, 3),
+        "committed_tx_per_s": round(result.tx_per_s, 1),
+        "latency_p50_ms": quantile_ms(result.latencies, 0.5),
+        "latency_p99_ms": quantile_ms(result.latencies, 0.99),
+        "ratio_to_signature_limit": round(result.tx_per_s / limit, 4),
+        "idle_latency_p50_ms": quantile_ms(idle, 0.5),
+        "idle_latency_p99_ms": quantile_ms(idle, 0.99),
+        **result.rss.report(),
     }
+
+
+def print_text(result: dict[str, Any]) -> None:
+    for key, value in result.items():
+        if isinstance(value, dict):  # one line per node
+            for name, item in value.items():
+                print(f"{key + '.' + name:28} {item}")
+        else:
+            print(f"{key:28} {value}")
 
 
 def main() -> int:
@@ -213,8 +182,7 @@ def main() -> int:
     if args.json:
         print(json.dumps(result))
     else:
-        for key, value in result.items():
-            print(f"{key:28} {value}")
+        print_text(result)
     return 0 if result["committed"] == result["submitted"] - result["rejected"] else 1
 
 
