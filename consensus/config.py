@@ -21,7 +21,6 @@ class ReplicaConfig:
     watermark_window: int = 256  # L: the primary may run at most L seqs past the stable checkpoint
     batch_size_max: int = 500  # transactions per batch
     batch_bytes_max: int = 4 * 1024 * 1024  # Tx.size summed over a batch (one tx may exceed it)
-    batch_delay_ticks: int = 1  # the primary cuts a non-full batch after this many ticks
     pipeline_depth_max: int = 8  # batches the primary keeps in flight at once
     view_change_timeout_ticks: int = 100  # first view-change timer; doubles per failed view
     time_skew_max_ms: int = 30_000  # backups refuse batch times further than this from their clock

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import dataclasses
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
+from itertools import islice
 from typing import Any, TypeVar
 
 from consensus import records as rec
@@ -112,7 +113,7 @@ class Replica:
         signer: Signer,
         verifier: Verifier,
         tx_checker: TxChecker,
-        is_committed: Callable[[str], bool],
+        committed_among: Callable[[Collection[str]], Collection[str]],
         *,
         records: Sequence[Record] = (),
         last_executed_seq: int = 0,
@@ -124,7 +125,9 @@ class Replica:
         self._signer = signer
         self._verifier = verifier
         self._tx_checker = tx_checker
-        self._is_committed = is_committed
+        # Which of these tx_ids the ledger holds: asked once per batch or request set, so that
+        # the node answers from one read snapshot instead of one per transaction.
+        self._committed_among = committed_among
         self._me = signer.public_key
         self.dropped: Counter[tuple[str, str]] = Counter()
 
@@ -178,7 +181,6 @@ class Replica:
         self._next_seq = last_executed_seq + 1
         self._now_ms = 0
         self._ticks = 0
-        self._batch_wait_ticks = 0
         self._progress_tick = 0  # last tick at which something executed (or the view changed)
         self._vc_ticks = 0
         self._vc_started_ticks = 0  # ticks since q VIEW-CHANGEs for our view were in
@@ -252,9 +254,12 @@ class Replica:
         """Client requests already verified by the caller (OSDI'99 §4.1: the client multicasts,
         so every replica learns the request and backups can time the primary)."""
         self._out = Output()
-        for tx in txs:
-            self._add_request(tx)
-        self._try_propose(force=False)
+        fresh = [tx for tx in txs if tx.tx_id not in self._pending]
+        committed = self._committed_among([tx.tx_id for tx in fresh]) if fresh else ()
+        for tx in fresh:
+            if tx.tx_id not in committed:  # each request is ordered at most once
+                self._add_request(tx)
+        self._try_propose()
         return self._take()
 
     def on_tick(self, now_ms: int, lost_peers: Iterable[str] = ()) -> Output:
@@ -300,7 +305,7 @@ class Replica:
             self._execute(block.batch, block.certificate)
         self._execute_ready()
         self._next_seq = max(self._next_seq, self._last_executed + 1)
-        self._try_propose(force=False)
+        self._try_propose()
         return self._take()
 
     # ----------------------------------------------------------------------------------------
@@ -453,11 +458,12 @@ class Replica:
         if batch.txs and not self._knows_ordered_txs():
             return "ordered_txs_unknown"
         seen: set[str] = set()
+        committed = self._committed_among([tx.tx_id for tx in batch.txs]) if batch.txs else ()
         for tx in batch.txs:
             if tx.tx_id in seen:
                 return "duplicate_tx_in_batch"
             seen.add(tx.tx_id)
-            if self._is_committed(tx.tx_id):
+            if tx.tx_id in committed:
                 return "tx_already_committed"
             other = self._tx_seq.get(tx.tx_id)
             if other is not None and other != batch.seq:
@@ -572,6 +578,7 @@ class Replica:
         if slot.seq > self._last_executed and digest is not None:
             self._ready[slot.seq] = (digest, Certificate(slot.view, votes))
         self._execute_ready()
+        self._try_propose()  # an execution made room in the pipeline: send what queued
 
     # ----------------------------------------------------------------------------------------
     # Execution, strictly in seq order, chaining block hashes (spec §4)
@@ -678,7 +685,7 @@ class Replica:
                 self._drop(LOCAL, "checkpoint_quorum_disagrees")
                 continue
             self._make_stable(seq, state_hash, tuple(sorted(proof, key=lambda c: c.sender)))
-            self._try_propose(force=False)
+            self._try_propose()
             return
 
     def _make_stable(self, seq: int, state_hash: str, proof: tuple[Checkpoint, ...]) -> None:
@@ -801,8 +808,8 @@ class Replica:
     # ----------------------------------------------------------------------------------------
 
     def _add_request(self, tx: Tx) -> None:
-        if tx.tx_id in self._pending or self._is_committed(tx.tx_id):
-            return  # each request is ordered at most once
+        if tx.tx_id in self._pending:
+            return
         if len(self._pending) >= PENDING_TXS_MAX:
             self._drop(LOCAL, "pending_full")
             return
@@ -812,9 +819,12 @@ class Replica:
         if tx.tx_id not in self._tx_seq:
             self._unbatched[tx.tx_id] = tx
 
-    def _try_propose(self, force: bool) -> None:
-        """§4.2 with batching: cut a batch when it is full, or (``force``) when the batch delay
-        ran out; keep at most pipeline_depth_max in flight, all within [h, h + L]."""
+    def _try_propose(self) -> None:
+        """§4.2 with adaptive batching: while the pipeline has room (fewer than
+        pipeline_depth_max batches in flight, all within [h, h + L]), propose at once what is
+        waiting, at most a full batch each; whatever arrives while the pipeline is full waits
+        and goes out in one batch as soon as an execution makes room. No request waits for a
+        tick, and batches grow with the load by themselves."""
         if not (self._active and self.is_primary):
             return
         if not self._knows_ordered_txs():
@@ -824,35 +834,33 @@ class Replica:
                 return
             if self._next_seq - 1 - self._last_executed >= self._config.pipeline_depth_max:
                 return
-            txs, full = self._next_batch_txs()
-            if not txs or not (full or force):
+            txs = self._next_batch_txs()
+            if not txs:
                 return
             self._propose(txs)
-            self._batch_wait_ticks = 0
 
-    def _next_batch_txs(self) -> tuple[list[Tx], bool]:
+    def _next_batch_txs(self) -> list[Tx]:
         """The oldest requests not yet ordered, at most batch_size_max of them and (but for a
-        single larger one) at most batch_bytes_max bytes; and whether that batch is full."""
-        txs: list[Tx] = []
-        stale: list[str] = []
-        size = 0
-        full = False
-        for tx_id, tx in self._unbatched.items():
-            if len(txs) >= self._config.batch_size_max:
-                break
-            if self._is_committed(tx_id) or tx_id in self._tx_seq:
-                stale.append(tx_id)
-                continue
-            if txs and size + tx.size > self._config.batch_bytes_max:
-                full = True
-                break
-            txs.append(tx)
-            size += tx.size
-        for tx_id in stale:
-            del self._unbatched[tx_id]
-            if self._is_committed(tx_id):
-                self._pending.pop(tx_id, None)
-        return txs, full or len(txs) >= self._config.batch_size_max
+        single larger one) at most batch_bytes_max bytes. Requests found already ordered (in
+        the ledger, or in a batch of the log) leave the queue on the way."""
+        while self._unbatched:
+            candidates = list(islice(self._unbatched.items(), self._config.batch_size_max))
+            committed = self._committed_among([tx_id for tx_id, _ in candidates])
+            txs: list[Tx] = []
+            size = 0
+            for tx_id, tx in candidates:
+                if tx_id in committed or tx_id in self._tx_seq:
+                    del self._unbatched[tx_id]
+                    if tx_id in committed:
+                        self._pending.pop(tx_id, None)
+                    continue
+                if txs and size + tx.size > self._config.batch_bytes_max:
+                    break
+                txs.append(tx)
+                size += tx.size
+            if txs:
+                return txs
+        return []
 
     def _propose(self, txs: list[Tx]) -> None:
         seq = self._next_seq
@@ -878,10 +886,8 @@ class Replica:
 
     def _tick_normal_case(self) -> None:
         if self.is_primary:
-            if self._unbatched:
-                self._batch_wait_ticks += 1
-                if self._batch_wait_ticks >= self._config.batch_delay_ticks:
-                    self._try_propose(force=True)
+            # Requests that came before our first tick (no clock to stamp a batch yet).
+            self._try_propose()
             return
         if self._pending and self.primary in self._lost_peers:
             self._start_view_change(self._view + 1)  # no relay: the primary cannot receive it
@@ -1195,7 +1201,6 @@ class Replica:
         self._view, self._active = new_view.view, True
         self._last_active_view = new_view.view
         self._view_start_tick = self._progress_tick = self._ticks
-        self._batch_wait_ticks = 0
         self._persist(rec.view_record(new_view.view, active=True))
         self._view_changes = {v: vcs for v, vcs in self._view_changes.items() if v > new_view.view}
         if plan.min_s > self._stable_seq:
@@ -1223,7 +1228,7 @@ class Replica:
         self._next_seq = max(self._last_executed, self._stable_seq, highest) + 1
         self._replay_early()
         self._check_state_transfer()
-        self._try_propose(force=False)
+        self._try_propose()
 
     def _keep_early(self, message: NormalCaseMessage) -> None:
         """Keep only what could become valid once the view is installed, bounded per sender in

@@ -31,7 +31,7 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -117,7 +117,7 @@ class Pool:
         balance_of: Callable[[str], int],
         capacity: int = CAPACITY_DEFAULT,
         on_accepted: Callable[[list[Tx], bool], None] | None = None,
-        is_committed: Callable[[str], bool] | None = None,
+        committed_among: Callable[[Collection[str]], Collection[str]] | None = None,
         *,
         verified_max: int = VERIFIED_MAX_DEFAULT,
         pending_ttl_s: float = PENDING_TTL_S_DEFAULT,
@@ -130,7 +130,8 @@ class Pool:
         self._rules = rules
         self._balance_of = balance_of  # the client's balance as of the last executed block
         self._on_accepted = on_accepted
-        self._is_committed = is_committed if is_committed is not None else (lambda _tx_id: False)
+        # Which of these tx_ids the ledger holds (one read snapshot for a whole submission).
+        self._committed_among = committed_among if committed_among is not None else _none
         self._verified_max = verified_max
         self._pending_ttl_s = pending_ttl_s
         self._clock = clock
@@ -205,13 +206,20 @@ class Pool:
         accepted: list[Tx] = []
         if to_verify:
             verdicts = await self._verify_many([tx for _, tx in to_verify])
+            # Decided after the await, against the pool and the ledger as they are now.
+            committed = self._committed_among(
+                [
+                    tx.tx_id
+                    for (_, tx), error in zip(to_verify, verdicts, strict=True)
+                    if error is None and tx.tx_id not in self._pending
+                ]
+            )
             for (i, tx), error in zip(to_verify, verdicts, strict=True):
                 if error is None:
                     error = self._chain_error(tx)
                 if error is None:
                     self._remember_verified(tx.tx_id, tx.sig)
-                    # Decided after the await, against the pool as it is now.
-                    results[i] = self._admit(tx, accepted)
+                    results[i] = self._admit(tx, accepted, committed)
                 else:
                     results[i] = _refused(error)
         if accepted and self._on_accepted is not None:
@@ -247,12 +255,12 @@ class Pool:
             return exc
         return None
 
-    def _admit(self, tx: ValidTx, accepted: list[Tx]) -> SubmitResult:
-        """Add a verified transaction of this chain, unless it is already pending or committed,
-        if its client can pay its fee beside its other pending ones."""
+    def _admit(self, tx: ValidTx, accepted: list[Tx], committed: Collection[str]) -> SubmitResult:
+        """Add a verified transaction of this chain, unless it is already pending or committed
+        (in ``committed``), if its client can pay its fee beside its other pending ones."""
         if tx.tx_id in self._pending:
             return SubmitResult(tx.tx_id, STATUS_PENDING)
-        if self._is_committed(tx.tx_id):
+        if tx.tx_id in committed:
             return SubmitResult(tx.tx_id, STATUS_COMMITTED)
         fee = tx.fee(self._rules.fee_per_byte)
         if fee:
@@ -398,6 +406,10 @@ class Pool:
         self._closed = True
         self._executor.shutdown(wait=False, cancel_futures=True)
         self._consensus_executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _none(_tx_ids: Collection[str]) -> Collection[str]:
+    return ()
 
 
 def _verify_chunk(txs: list[ValidTx]) -> list[TxError | None]:

@@ -28,6 +28,7 @@ from consensus.output import Committed, Output
 from consensus.replica import Replica
 from crypto.keys import KeyFileError, load_private_key
 from crypto.signing import Ed25519Verifier
+from ledger import power_loss
 from ledger.executed import executed_batch, last_batch_time
 from ledger.genesis import GenesisError, load_genesis, replica_config
 from ledger.state_machine import ChainRules
@@ -107,10 +108,18 @@ class NodeRuntime:
                 f"the key in {config.key_file} ({me[:16]}...) is not a validator of the genesis "
                 f"{config.genesis_file}; use the key made for this node"
             )
+        self._sync = config.storage.sync
+        self._boot_id = power_loss.boot_id()
         try:
             addresses = config.peer_addresses(self.genesis.validator_keys, me)
-            self.store = LedgerStore.open(config.data_dir, self.genesis)
-        except (ConfigError, StoreError) as exc:
+            power_loss.check_previous_run(config.data_dir, self._boot_id)
+            self.store = LedgerStore.open(
+                config.data_dir,
+                self.genesis,
+                sync_each_write=self._sync == power_loss.SYNC_EVERY_WRITE,
+            )
+            power_loss.record_start(config.data_dir, self._sync, self._boot_id)
+        except (ConfigError, StoreError, power_loss.UnsyncedWritesLost, OSError) as exc:
             raise StartupError(str(exc)) from exc
         self.name = config.name
         self.replica_config = replica_config(
@@ -118,7 +127,6 @@ class NodeRuntime:
             batch_size_max=config.batch.size_max,
             # A PRE-PREPARE carries its batch: keep it well inside one peer frame.
             batch_bytes_max=min(BATCH_BYTES_MAX, config.limits.frame_max_bytes // 4),
-            batch_delay_ticks=config.batch.delay_ticks,
             pipeline_depth_max=config.batch.pipeline_depth_max,
             view_change_timeout_ticks=max(10, VIEW_CHANGE_TIMEOUT_MS // config.tick_ms),
         )
@@ -131,7 +139,7 @@ class NodeRuntime:
             self.store.balance,
             capacity=config.limits.pending_pool_max,
             on_accepted=self._on_txs_accepted,
-            is_committed=self.store.is_committed,
+            committed_among=self.store.committed_among,
         )
         head_seq, head_hash = self.store.head()
         try:
@@ -140,7 +148,7 @@ class NodeRuntime:
                 self.signer,
                 Ed25519Verifier(),
                 self.pool.tx_checker,
-                self.store.is_committed,
+                self.store.committed_among,
                 records=self.store.load_records(),
                 last_executed_seq=head_seq,
                 head_hash=head_hash,
@@ -263,6 +271,8 @@ class NodeRuntime:
             asyncio.create_task(self._tick_loop(), name="ticker"),
             asyncio.create_task(self._operator_loop(), name="operator"),
         ]
+        if self._sync == power_loss.SYNC_PERIODIC:
+            self._tasks.append(asyncio.create_task(self._sync_loop(), name="sync"))
         self.block_sync.start()
         # Our votes for the last blocks without a certificate (lost if we stopped before q
         # votes arrived), once the peer links had a moment to come up.
@@ -288,7 +298,9 @@ class NodeRuntime:
             await self._http.stop()
         await self.peers.stop()
         self.pool.close()
+        self.store.flush()
         self.store.close()
+        power_loss.record_clean_stop(self.config.data_dir, self._sync, self._boot_id)
         _log.info("node_stopped")
 
     # ---- inputs -----------------------------------------------------------------------------
@@ -414,6 +426,14 @@ class NodeRuntime:
         # A fetched block may bring its certificate: then our roots are checked against it.
         certificate = self.block_sync.fetcher.take_execution(seq)
         self.execution.on_executed(seq, block_hash, *roots, certificate=certificate)
+
+    async def _sync_loop(self) -> None:
+        """storage.sync = periodic: put the ledger's writes on disk every interval, on a
+        thread (fsync waits for the disk, not for the GIL)."""
+        interval = self.config.storage.sync_interval_ms / 1000
+        while True:
+            await asyncio.sleep(interval)
+            await asyncio.to_thread(self.store.flush)
 
     async def _resend_execution_votes(self) -> None:
         await asyncio.sleep(1.0)

@@ -7,9 +7,9 @@ transactions. Checkers (``checkers``) verify safety after every tick and livenes
 window. Pure like the rest of ``consensus``: no I/O, no clock, only ``random.Random(seed)``.
 
 Modules, one job each: ``keys`` (fake and real signatures), ``network``, ``faults`` (the fault
-plan), ``hosts`` (a node around a replica), ``byzantine``, ``clients``, ``checkers``,
-``scenario`` (what a seed simulates, and the liveness bound), ``simulator`` (the loop),
-``__main__`` (the ``scripts/sim`` command).
+plan), ``lone_certificate`` (a scripted network schedule), ``hosts`` (a node around a replica),
+``byzantine``, ``clients``, ``checkers``, ``scenario`` (what a seed simulates, and the liveness
+bound), ``simulator`` (the loop), ``__main__`` (the ``scripts/sim`` command).
 """
 
 from consensus.sim.scenario import Scenario, negative_control_scenario, scenario_for_seed

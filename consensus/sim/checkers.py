@@ -73,6 +73,9 @@ class SafetyChecker:
         self._executed: dict[int, list[str]] = {h.index: [] for h in self._hosts}
         self._seen: dict[int, set[str]] = {h.index: set() for h in self._hosts}
         self.repeats = 0  # committed repeats of a tx_id (not violations, see above)
+        # Coverage, not a check: NEW-VIEWs of honest hosts in which one seq carries certificates
+        # for different digests from different views (only there does the plan's rule matter).
+        self._split_seen: set[str] = set()
         self.violations: list[str] = []
 
     def check(self, tick: int, now_ms: int = 0) -> list[str]:
@@ -174,6 +177,10 @@ class SafetyChecker:
         except MalformedMessage as exc:
             self._sent_found.append(f"tick {tick}: host {index} {act} a malformed {exc.reason}")
             return
+        if isinstance(message, NewView) and _split_seq(message) is not None:
+            if len(self._split_seen) >= SENT_CHECKED_MAX:
+                self._split_seen.clear()
+            self._split_seen.add(message.signature)
         reason = self._invalid_evidence(message)
         if reason is not None:
             self._sent_found.append(
@@ -208,6 +215,10 @@ class SafetyChecker:
                 return "re-proposals differ from OSDI'99 §4.4's rule (the checker's own plan)"
         return None
 
+    @property
+    def split_new_views(self) -> int:
+        return len(self._split_seen)
+
     def _check_executed_once(self, host: HonestHost, tick: int) -> list[str]:
         """The host executed exactly the first occurrence of each tx_id, in ledger order."""
         if host.executed == self._executed[host.index]:
@@ -241,6 +252,21 @@ class SafetyChecker:
                     found.append(f"ledgers of hosts {a} and {b} are not prefixes of each other")
         self.violations.extend(found)
         return found
+
+
+def _split_seq(new_view: NewView) -> int | None:
+    """A seq for which the NEW-VIEW's VIEW-CHANGEs hold certificates of different views with
+    different digests, if any."""
+    min_s = max((vc.stable_seq for vc in new_view.view_changes), default=0)
+    certs: dict[int, set[tuple[int, str]]] = {}
+    for vc in new_view.view_changes:
+        for cert in vc.prepared:
+            if cert.seq > min_s:
+                certs.setdefault(cert.seq, set()).add((cert.view, cert.digest))
+    for seq, found in sorted(certs.items()):
+        if len({view for view, _ in found}) > 1 and len({digest for _, digest in found}) > 1:
+            return seq
+    return None
 
 
 def _reference_proposals(

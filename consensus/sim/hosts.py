@@ -93,7 +93,7 @@ class HonestHost:
             self.signer,
             self._verifier,
             self._tx_checker,
-            self.committed_ids.__contains__,
+            self.committed_ids.intersection,
             records=sorted(self.records.values(), key=lambda r: r.key),
             last_executed_seq=len(self.ledger),
             head_hash=head if self.ledger else None,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import heapq
 import random
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,6 +51,7 @@ class FetchReply:
 
 
 Payload = ConsensusWire | Relay | FetchRequest | FetchReply
+DropRule = Callable[[int, int, Payload], bool]  # (src, dst, payload) -> lose it
 
 
 @dataclass(order=True, slots=True)
@@ -80,6 +81,7 @@ class NetworkStats:
     partitioned: int = 0
     duplicated: int = 0
     clogged: int = 0
+    scripted: int = 0  # lost to a scripted schedule (``drop_rule``)
 
 
 class Network:
@@ -93,6 +95,9 @@ class Network:
         self._blocked: set[Link] = set()  # partitions: packets are dropped
         self._pinned: set[Link] = set()  # blocked until heal() whatever else happens
         self._clogged: dict[Link, list[Packet]] = {}  # clogs: packets are held
+        # A scripted schedule's choice of what to lose (consensus.sim.lone_certificate), asked
+        # for every packet during the fault window; heal() removes it.
+        self.drop_rule: DropRule | None = None
 
     # --- sending and delivering ----------------------------------------------------------
 
@@ -101,6 +106,9 @@ class Network:
         link = (src, dst)
         if link in self._blocked or link in self._pinned:
             self.stats.partitioned += 1
+            return
+        if self.drop_rule is not None and self.drop_rule(src, dst, payload):
+            self.stats.scripted += 1
             return
         if self._rng.random() < self.conditions.loss_p:
             self.stats.lost += 1
@@ -179,6 +187,7 @@ class Network:
         """The fault window is over: no partitions, no clogs, no loss (delays stay bounded)."""
         self._blocked.clear()
         self._pinned.clear()
+        self.drop_rule = None
         for link in list(self._clogged):
             self.unclog(link, now)
         self.conditions.loss_p = 0.0

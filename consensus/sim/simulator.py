@@ -30,6 +30,7 @@ from consensus.sim.faults import (
 )
 from consensus.sim.hosts import Envelope, HonestHost
 from consensus.sim.keys import ClientTxChecker, make_keys
+from consensus.sim.lone_certificate import LoneCertificate
 from consensus.sim.network import IN_FLIGHT_MAX, ConsensusWire, Network, Payload
 from consensus.sim.scenario import TWIN, Scenario, scenario_for_seed
 
@@ -55,6 +56,10 @@ class SimResult:
     recovery_ticks: int = -1  # from max(heal, last submission) until all executed; -1: never
     recovery_bound: int = 0  # what the liveness bound allowed for it
     view_change_restarts: int = 0  # honest replicas killed and restarted during a view change
+    lone_certificates: int = 0  # lone-certificate schedules that reached their reveal phase
+    # NEW-VIEWs (sent or installed by honest hosts) whose VIEW-CHANGEs hold, for one seq,
+    # certificates for different digests from different views: where the plan's choice matters
+    split_new_views: int = 0
     fingerprint: str = ""  # a hash of the outcome: equal for two runs of one seed
 
     @property
@@ -141,6 +146,12 @@ class Simulation:
             clock_skew_max_ms=max(map(abs, scenario.clock_skews.values()), default=0),
         )
         self._vc_crash = set(scenario.view_change_crash)
+        self.lone: LoneCertificate | None = None
+        if scenario.lone_certificate_tick:
+            self.lone = LoneCertificate(
+                self.config, self.hosts, scenario.lone_certificate_tick, scenario.timeout_ticks
+            )
+            self.network.drop_rule = self.lone.drops
         self.view_change_restarts = 0
         self.liveness = LivenessChecker(self.hosts)
         self._by_key: dict[str, list[int]] = {}
@@ -193,6 +204,8 @@ class Simulation:
             self._apply(fault)
         if self.tick == self.scenario.heal_tick:
             self._heal()
+        elif self.lone is not None:
+            self.lone.step(self.tick)
         self._crash_in_view_change()
         for sub in self.workload.submissions(self.tick, len(self.hosts), self._replies):
             for i in range(len(self.hosts)) if sub.to is None else [sub.to]:
@@ -241,6 +254,8 @@ class Simulation:
                 targets = [i for i in self._by_key.get(to, []) if i != src]
             if isinstance(envelope.payload, ConsensusWire):
                 self.safety.observe(envelope.payload.wire)
+                if self.lone is not None:
+                    self.lone.observe(src, envelope.payload.wire)
                 if self.hosts[src].honest:
                     self.safety.check_sent(src, envelope.payload.wire, self.tick)
             for dst in targets:
@@ -300,6 +315,8 @@ class Simulation:
 
     def _heal(self) -> None:
         self.network.heal(self.tick)
+        if self.lone is not None:
+            self.lone.stop()
         self._set_conditions(faulty=False)
         for host in self.hosts:
             if not host.up:
@@ -342,6 +359,8 @@ class Simulation:
         result.packets = self.network.stats.sent
         result.repeats = self.safety.repeats
         result.view_change_restarts = self.view_change_restarts
+        result.lone_certificates = 0 if self.lone is None else self.lone.revealed
+        result.split_new_views = self.safety.split_new_views
         digest = hashlib.sha256()
         for host in self.hosts:
             digest.update(f"{host.index}:{len(host.ledger)}:".encode())

@@ -52,7 +52,7 @@ class ApiHarness:
             self.store.balance,
             capacity=pool_capacity,
             on_accepted=lambda txs, relay: self.accepted.extend(txs),
-            is_committed=self.store.is_committed,
+            committed_among=self.store.committed_among,
         )
         self.events = EventHub(queue_max=events_queue_max)
         self.waiters = CommitWaiters()

@@ -72,7 +72,7 @@ def test_pool_committed_and_full_and_expiry() -> None:
     now = [0.0]
     pool = make_pool(
         capacity=2,
-        is_committed=committed_ids.__contains__,
+        committed_among=committed_ids.intersection,
         pending_ttl_s=100.0,
         clock=lambda: now[0],
     )

@@ -87,7 +87,7 @@ class Cluster:
             self.signers[i],
             Ed25519Verifier(),
             self.tx_checker,
-            node.committed_ids.__contains__,
+            node.committed_ids.intersection,
             records=sorted(node.records.values(), key=lambda r: r.key),
             last_executed_seq=len(node.ledger),
             head_hash=node.head_hash if node.ledger else None,

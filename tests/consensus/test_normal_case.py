@@ -51,25 +51,34 @@ def test_commit_certificate_is_q_distinct_valid_votes() -> None:
             assert verifier.verify(key, TAG_COMMIT, body, signature)
 
 
-def test_primary_batches_on_size_and_on_delay() -> None:
-    """Request batching (Castro & Liskov TOCS 2002, optimizations): a full batch is cut at
-    once, a partial one after
-    batch_delay_ticks ticks."""
-    cluster = Cluster(batch_size_max=3, batch_delay_ticks=2)
+def test_primary_batches_adaptively() -> None:
+    """Adaptive batching: while the pipeline has room the primary proposes at once (no tick
+    waited); what arrives while it is full waits, and goes out in one batch as soon as an
+    execution makes room."""
+    cluster = Cluster(batch_size_max=3, pipeline_depth_max=1)
     cluster.tick()
-    cluster.submit([make_tx(i) for i in range(4)])
-    assert cluster.executed(0) == 1  # the full batch went at once
+    cluster.filters.append(lambda _sender, _to, wire: wire["type"] != "commit")
+    cluster.submit([make_tx(i) for i in range(4)], to=[0])
+    assert cluster.executed(0) == 0  # one batch in flight: the pipeline is full
+    cluster.submit([make_tx(i) for i in range(4, 6)], to=[0])
+    cluster.filters.clear()  # the COMMITs are retransmitted
+    cluster.run_until(lambda: cluster.executed(0) >= 2)
+    # The full batch of 3 went at once; the other 3 queued behind it and went as one batch
+    # when its execution made room, without a tick.
+    assert [len(b.batch.txs) for b in cluster.nodes[0].ledger] == [3, 3]
+
+
+def test_an_idle_primary_proposes_a_single_request_at_once() -> None:
+    cluster = Cluster(batch_size_max=100)
     cluster.tick()
-    assert cluster.executed(0) == 1  # the partial one waits for the delay
-    cluster.tick()
-    assert cluster.executed(0) == 2
-    assert [len(b.batch.txs) for b in cluster.nodes[0].ledger] == [3, 1]
+    cluster.submit([make_tx(0)])
+    assert cluster.executed(0) == 1 and cluster.executed(3) == 1
 
 
 def test_primary_bounds_a_batch_by_bytes_so_its_pre_prepare_fits_a_peer_frame() -> None:
     """batch_bytes_max caps the summed Tx.size of a batch; a batch that reaches it is full (cut
     at once), and a single transaction larger than the cap still goes, alone."""
-    cluster = Cluster(batch_size_max=100, batch_bytes_max=1_000, batch_delay_ticks=5)
+    cluster = Cluster(batch_size_max=100, batch_bytes_max=1_000, pipeline_depth_max=1)
     cluster.tick()
     sized = [replace(make_tx(i), size=300) for i in range(7)] + [replace(make_tx(7), size=5_000)]
     cluster.submit(sized)

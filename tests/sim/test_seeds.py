@@ -8,8 +8,9 @@ from __future__ import annotations
 import pytest
 
 from consensus.sim import SimResult, run_seed, scenario_for_seed
-from consensus.sim.scenario import BYZANTINE_CHOICES
+from consensus.sim.scenario import BYZANTINE_CHOICES, TWIN
 from tests.sim.runner import failure_report, run_seeds
+from tests.sim.test_mutants import mutants
 
 SWEEP_SEEDS = range(0, 500)
 CHUNK = 50
@@ -96,5 +97,34 @@ def test_the_sweep_covers_every_fault() -> None:
     assert kinds == set(BYZANTINE_CHOICES)
     assert {s.n for s in scenarios} == {4, 5, 7}
     assert any(len(s.byzantine) == 2 for s in scenarios), "f = 2 Byzantine replicas in n = 7"
-    for fault in ("loss_p", "duplicate_p", "delay_ticks_max", "partitions", "clogs", "crashes"):
+    for fault in (
+        "loss_p",
+        "duplicate_p",
+        "delay_ticks_max",
+        "partitions",
+        "clogs",
+        "crashes",
+        "lone_certificate_tick",
+    ):
         assert sum(1 for s in scenarios if getattr(s, fault)) > 50, fault
+
+
+SPLIT_SEEDS_MIN = 10  # the sweep held 40 such seeds when the schedule was added
+
+
+def test_the_sweep_splits_a_seq_between_two_certificates(sweep: dict[int, SimResult]) -> None:
+    """The lone-certificate schedule makes some NEW-VIEWs carry, for one seq, certificates for
+    different batches from different views: the only place where OSDI'99 §4.4's "highest view"
+    rule matters. On the first such seed with a Byzantine replica (the seeds scripts/mutants
+    runs), a plan that picks the lowest view is caught: the run with the `plan_lowest_view`
+    mutant is identical until that NEW-VIEW, whose re-proposals the checker refuses."""
+    split = [seed for seed, result in sorted(sweep.items()) if result.split_new_views]
+    scheduled = [seed for seed in split if scenario_for_seed(seed).lone_certificate_tick]
+    assert len(scheduled) >= SPLIT_SEEDS_MIN, (scheduled, split)
+    seed = next(
+        s for s in split if any(kind != TWIN for kind in scenario_for_seed(s).byzantine.values())
+    )
+    (mutant,) = [m for m in mutants.MUTANTS if m.name == "plan_lowest_view"]
+    outcome = mutants.run_mutant(mutant, seeds=1, start=seed)
+    assert outcome.killed and f"seed {seed}" in outcome.detail, outcome.detail
+    assert "re-proposals differ" in outcome.detail, outcome.detail
