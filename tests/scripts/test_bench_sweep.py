@@ -67,11 +67,15 @@ def test_quantile_ms_and_throughput_window() -> None:
     assert bench_common.quantile_ms(latencies, 0.5) == 50.0
     assert bench_common.quantile_ms(latencies, 0.99) == 99.0
     assert bench_common.quantile_ms([], 0.5) is None
-    # commits before the window (pipeline filling) and after it are not counted
-    times = [0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 9.0]
-    assert bench_sweep.step_throughput(times, 1.0, 3.0) == 5 / 2.0
-    with pytest.raises(ValueError, match="empty"):
-        bench_sweep.step_throughput(times, 3.0, 3.0)
+    # Below saturation: commits follow the offer (100 tx/s for 8 s) whatever their lag.
+    steady = [5.0 + i / 100 for i in range(800)]
+    assert bench_sweep.step_throughput(steady, 8) == pytest.approx(100, rel=0.01)
+    # Past it: a slow start then 300 tx/s, long after the 8 s step ended; the rate is 300.
+    overloaded = [1.0, 1.5] + [20.0 + i / 300 for i in range(3000)]
+    assert bench_sweep.step_throughput(overloaded, 8) == pytest.approx(300, rel=0.01)
+    # Everything in one block: the count over the step's time.
+    assert bench_sweep.step_throughput([3.0] * 40, 8) == 5.0
+    assert bench_sweep.step_throughput([], 8) == 0.0
 
 
 def test_signature_limit_counts_one_sign_and_four_verifies_per_core() -> None:
@@ -122,6 +126,7 @@ def _result() -> dict[str, Any]:
         "offered_tx_per_s": 200.0,
         "submitted": 1600,
         "rejected": 0,
+        "rejected_by_error": {},
         "committed": 1600,
         "committed_tx_per_s": 199.5,
         "latency_p50_ms": 8.1,
