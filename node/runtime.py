@@ -7,7 +7,8 @@ a kill -9 (consensus/output.py):
 
 1. persist the replica's records (one durable LMDB write);
 2. send its messages;
-3. execute committed batches into the ledger (one write transaction per block);
+3. execute committed batches into the ledger (one write transaction per step: per block, or
+   per run of blocks such as a fetched chunk);
 4. wake clients waiting for those transactions, publish block events, drop them from the pool;
 5. start fetching blocks if the replica asked for a state transfer.
 """
@@ -47,6 +48,7 @@ from node.p2p.block_sync import MESSAGE_TYPES as BLOCK_SYNC_MESSAGES
 from node.p2p.block_sync import BlockSync
 from node.p2p.guard import PeerGuard, bench_plaintext_links
 from node.p2p.peers import PeerNetwork
+from node.p2p.verify_workers import FetchedTxs
 from node.pool import Pool
 from node.version import phalanx_version
 
@@ -55,7 +57,10 @@ GIL_SWITCH_INTERVAL_S = 0.001
 RELAY = "relay-txs"
 RELAY_CHUNK_MAX = 500
 BATCH_BYTES_MAX = 4 * 1024 * 1024
-VIEW_CHANGE_TIMEOUT_MS = 2_000
+# The first view-change timeout (it doubles per failed view). The request timer measures
+# progress, not queueing (Replica._request_timer_expired), so a busy primary is not deposed
+# by a short one; a crashed primary is usually replaced sooner still (LINK_LOST_S).
+VIEW_CHANGE_TIMEOUT_MS = 1_000
 # A link to the primary that dropped and stayed down this long (a reconnect takes ~0.1 s) lets a
 # backup with waiting requests ask for a view change without waiting for its request timer.
 LINK_LOST_S = 0.5
@@ -141,13 +146,16 @@ class NodeRuntime:
             on_accepted=self._on_txs_accepted,
             committed_among=self.store.committed_among,
         )
+        # Transactions of fetched blocks verified by the block fetcher's worker processes: the
+        # replica's check of those blocks answers from here, anything else from the pool.
+        self.fetched_txs = FetchedTxs(self.pool.tx_checker)
         head_seq, head_hash = self.store.head()
         try:
             self.replica = Replica(
                 self.replica_config,
                 self.signer,
                 Ed25519Verifier(),
-                self.pool.tx_checker,
+                self.fetched_txs.check,
                 self.store.committed_among,
                 records=self.store.load_records(),
                 last_executed_seq=head_seq,
@@ -189,6 +197,7 @@ class NodeRuntime:
             on_drop=lambda reason: self.metrics.dropped_peer_messages.labels(reason=reason).inc(),
             preverify=self.pool.preverify,
             tx_checker=self.pool.tx_checker,
+            fetched=self.fetched_txs,
         )
         self.execution = ExecutionVotes(
             self.genesis,
@@ -410,8 +419,12 @@ class NodeRuntime:
         # Requests whose timer fired at this backup: relayed again, the primary may lack them.
         for chunk in _relay_chunks(output.relay, self.replica_config.batch_bytes_max):
             self.peers.broadcast({"type": RELAY, "txs": chunk})
-        for committed in output.committed:
-            self._execute(committed)
+        if len(output.committed) > 1:
+            # Several blocks at once (a fetched chunk, mostly): one durable write for them all.
+            self._execute_run(output.committed)
+        else:
+            for committed in output.committed:
+                self._execute(committed)
         if output.state_transfer is not None:
             transfer = output.state_transfer
             self.block_sync.want(transfer.seq, transfer.peers)
@@ -419,7 +432,23 @@ class NodeRuntime:
 
     def _execute(self, committed: Committed) -> None:
         execute_block(committed, self.store, self.pool, self.waiters, self.events, self.metrics)
-        seq, block_hash = self.store.head()
+        self._executed(*self.store.head())
+
+    def _execute_run(self, run: list[Committed]) -> None:
+        """Consecutive blocks appended in one write transaction (a crash keeps all or none),
+        then, block by block, what :meth:`_execute` does after its write."""
+        appended = self.store.append_blocks(run)
+        write_s, roots_s = self.store.last_timing
+        self.metrics.block_write_seconds.inc(write_s)
+        self.metrics.roots_seconds.inc(roots_s)
+        for committed, (block_hash, results) in zip(run, appended, strict=True):
+            block_executed(
+                committed, block_hash, results, self.pool, self.waiters, self.events, self.metrics
+            )
+            self._executed(committed.batch.seq, block_hash)
+
+    def _executed(self, seq: int, block_hash: str) -> None:
+        """Our execution vote for the stored block ``seq`` (its roots)."""
         roots = self.store.roots(seq)
         if roots is None:
             raise RuntimeError(f"block {seq} was executed but the ledger holds no roots for it")
@@ -532,8 +561,22 @@ def execute_block(
     write_s, roots_s = store.last_timing
     metrics.block_write_seconds.inc(write_s)
     metrics.roots_seconds.inc(roots_s)
+    block_executed(committed, store.head()[1], results, pool, waiters, events, metrics)
+
+
+def block_executed(
+    committed: Committed,
+    block_hash: str,
+    results: list[dict[str, Any]],
+    pool: Pool,
+    waiters: CommitWaiters,
+    events: EventHub,
+    metrics: NodeMetrics,
+) -> None:
+    """After ``committed`` is stored: take its transactions out of the pool, wake the clients
+    waiting for them, publish its block event, count it."""
     tx_ids = [tx.tx_id for tx in committed.batch.txs]
-    seq, block_hash = store.head()
+    seq = committed.batch.seq
     submitted_at = pool.submitted_at(tx_ids)
     pool.remove(tx_ids)
     waiters.notify_committed(seq, tx_ids)

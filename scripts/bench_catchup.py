@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -23,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from crypto.signing import Ed25519Signer, verify_bytes
 from ledger.store import LedgerStore
+from tests.e2e.cluster import Cluster
 from tests.recovery import harness
 
 
@@ -36,6 +39,14 @@ def verify_rate(samples: int = 2000) -> float:
     return samples / (time.perf_counter() - start)
 
 
+def _profile(cluster: Cluster, out: Path) -> subprocess.Popen[bytes]:
+    """py-spy sampling node3 (and its subprocesses) until interrupted."""
+    py_spy = Path(sys.executable).parent / "py-spy"
+    command = [str(py_spy), "record", "--subprocesses", "-f", "raw", "-o", str(out)]
+    command += ["-p", str(harness.pid_of(cluster, "node3"))]
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--txs", type=int, default=50_000, help="transactions (default 50,000)")
@@ -47,6 +58,13 @@ def main() -> int:
         "their commit, for this many seconds: many small blocks",
     )
     parser.add_argument("--dir", type=Path, default=None, help="testnet dir (default: temp)")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        help="record node3's catch-up with py-spy (its worker processes too) into this file "
+        "(py-spy raw format: folded stacks)",
+    )
     args = parser.parse_args()
     base = args.dir or Path(tempfile.mkdtemp(prefix="phalanx-bench-catchup-"))
     cluster = harness.start(base / "testnet")
@@ -72,9 +90,13 @@ def main() -> int:
         spawned = time.monotonic()
         cluster.start("node3")
         ready = time.monotonic()
+        profiler = None if args.profile is None else _profile(cluster, args.profile)
         while (cluster.status("node3") or {}).get("seq", 0) < head:
             time.sleep(0.02)
         done = time.monotonic()
+        if profiler is not None:
+            profiler.send_signal(signal.SIGINT)  # py-spy writes its file when interrupted
+            profiler.wait(timeout=60)
         cluster.wait_same_head(names, min_seq=head, timeout_s=30)
     finally:
         cluster.down()

@@ -15,8 +15,9 @@ batch digest, so any single peer can serve them and none has to be trusted. This
   the one with the fewest recent failures, rotating among equals; a peer that times out, sends
   nothing for a range it claimed, or sends anything that does not verify is moved down or
   dropped, and the fetch goes on with the others;
-- verifies every block before handing it on: chain id and seq, every transaction's signature,
-  the transactions against the header's ``tx_root``, the commit certificate (q distinct
+- verifies every block before handing it on: chain id and seq, every transaction (shape, chain,
+  signature; in worker processes for big chunks, node/p2p/verify_workers.py), the transactions
+  against the header's ``tx_root``, the commit certificate (q distinct
   validators), and the hash chain from our own head (each block's ``hash`` as the peer states it
   must be ``block_hash(seq, prev_hash, digest)`` computed from ours). Nothing unverified reaches
   the replica or the ledger.
@@ -24,8 +25,8 @@ batch digest, so any single peer can serve them and none has to be trusted. This
 Memory stays bounded whatever the gap: at most three chunks are held, one being applied by the
 replica, the next one being verified, and the one after it asked for meanwhile (so the serving
 peer prepares it while we verify). A crash mid-transfer loses
-nothing: every block is applied in its own durable write transaction, and after a restart the
-fetch starts again from the ledger's head.
+nothing: the runtime applies a chunk in one durable write transaction (all of it or none), and
+after a restart the fetch starts again from the ledger's head.
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ from ledger.genesis import Genesis
 from ledger.receipt import verify_committed
 from ledger.store import LedgerStore
 from ledger.transaction import TxError, decode_transaction, verify_transaction
+from ledger.transaction import check_chain as check_tx_chain
+from node.p2p.verify_workers import PROCESS_MIN_TXS, BadTx, FetchedTxs, VerifyWorkers
 
 FETCH_REQUEST = "fetch-blocks"  # {"from_seq", "count"}
 FETCH_RESPONSE = "blocks"  # {"from_seq", "blocks": [{"batch", "txs", "certificate", "hash"}]}
@@ -122,12 +125,33 @@ def verify_block(
 ) -> Committed:
     """A peer's block at ``seq`` as a verified ``Committed``, or :class:`BadBlocks` saying why.
 
-    Checks every transaction (shape and signature: honest replicas never prepare an invalid
-    one, so a committed block holds none; the certificate covers the tx_ids, not the
+    Checks every transaction (shape, chain and signature: honest replicas never prepare an
+    invalid one, so a committed block holds none; the certificate covers the tx_ids, not the
     signatures), the header against the transactions, and the commit certificate. With
     ``check_signatures=False`` the caller checks the transactions itself. CPU-bound; pynacl
     releases the GIL, so threads run it in parallel.
     """
+    header, wires, certificate = block_fields(genesis, seq, block)
+    txs: list[Tx] = []
+    for index, wire in enumerate(wires):
+        try:
+            if check_signatures:
+                valid = decode_transaction(wire)
+                check_tx_chain(valid, genesis.chain_id)
+                verify_transaction(valid)
+                txs.append(Tx(valid.tx_id, wire))
+            else:
+                txs.append(Tx.from_wire(wire))
+        except (TxError, ValueError, TypeError, RecursionError) as exc:
+            raise BadBlocks(f"block {seq}, transaction {index}: {exc}") from exc
+    return certified_block(genesis, seq, header, txs, certificate)
+
+
+def block_fields(
+    genesis: Genesis, seq: int, block: Any
+) -> tuple[Mapping[str, Any], list[Any], Any]:
+    """The header (of this chain and seq), the transactions' wires and the certificate of a
+    peer's block, or :class:`BadBlocks`; the transactions themselves are not looked at."""
     if not isinstance(block, Mapping):
         raise BadBlocks(f"block {seq} is not an object")
     header, wires, certificate = block.get("batch"), block.get("txs"), block.get("certificate")
@@ -142,18 +166,15 @@ def verify_block(
         raise BadBlocks(f"block {seq}: time_ms is not a non-negative integer")
     if not isinstance(wires, list):
         raise BadBlocks(f"block {seq}: txs is not a list")
-    txs: list[Tx] = []
-    for index, wire in enumerate(wires):
-        try:
-            if check_signatures:
-                valid = decode_transaction(wire)
-                verify_transaction(valid)
-                txs.append(Tx(valid.tx_id, wire))
-            else:
-                txs.append(Tx.from_wire(wire))
-        except (TxError, ValueError, TypeError, RecursionError) as exc:
-            raise BadBlocks(f"block {seq}, transaction {index}: {exc}") from exc
-    batch = Batch(genesis.chain_id, seq, time_ms, tuple(txs))
+    return header, wires, certificate
+
+
+def certified_block(
+    genesis: Genesis, seq: int, header: Mapping[str, Any], txs: Sequence[Tx], certificate: Any
+) -> Committed:
+    """The block of verified ``txs`` as a ``Committed``, once the header matches them and the
+    commit certificate holds; else :class:`BadBlocks`."""
+    batch = Batch(genesis.chain_id, seq, header["time_ms"], tuple(txs))
     if batch.header != dict(header):
         raise BadBlocks(f"block {seq}: the transactions do not match the batch header")
     if not isinstance(certificate, Mapping):
@@ -257,9 +278,11 @@ class BlockFetcher:
     ``want`` (the replica's state transfer: peers vouching for a checkpoint) and ``offer`` (a
     peer's announced head) add claims; one fetch task runs while any claim is above the head.
 
-    Transaction signatures are checked here in threads, or, given ``preverify`` and
-    ``tx_checker`` (the node's pool), by them: the pool verifies in its thread pool and caches
-    the verdicts, so the replica's own check of the fetched blocks is a cache hit.
+    Transactions are checked in ``workers`` (processes, node/p2p/verify_workers.py) when a
+    chunk holds at least ``process_min_txs`` of them; their verdicts go to ``fetched``, where the
+    replica's own check of the fetched blocks finds them. Smaller chunks are checked here in
+    threads, or, given ``preverify`` and ``tx_checker`` (the node's pool), by them: the pool
+    verifies in its thread pool and caches the verdicts, for the replica's check too.
     """
 
     def __init__(
@@ -272,6 +295,9 @@ class BlockFetcher:
         chunk_blocks: int = CHUNK_BLOCKS_MAX,
         preverify: Preverify | None = None,
         tx_checker: TxChecker | None = None,
+        workers: VerifyWorkers | None = None,
+        fetched: FetchedTxs | None = None,
+        process_min_txs: int = PROCESS_MIN_TXS,
     ) -> None:
         self._genesis = genesis
         self._head = head
@@ -281,6 +307,10 @@ class BlockFetcher:
         self._chunk_blocks = chunk_blocks
         self._preverify = preverify
         self._tx_checker = tx_checker
+        self._own_workers = workers is None  # closed by stop(); given ones by their owner
+        self._workers = workers or VerifyWorkers()
+        self._fetched = fetched
+        self._process_min_txs = process_min_txs
         self._claims: dict[str, int] = {}  # peer -> highest seq it claims to hold
         self._strikes: Counter[str] = Counter()  # peer -> failures since its last good answer
         self._waiting: dict[tuple[str, int], asyncio.Future[dict[str, Any]]] = {}
@@ -335,6 +365,8 @@ class BlockFetcher:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+        if self._own_workers:
+            self._workers.close()
 
     def _claim(self, peer: str, seq: int) -> None:
         if seq > self._claims.get(peer, 0):
@@ -357,6 +389,8 @@ class BlockFetcher:
     async def _run(self) -> None:
         start_seq = self._head()[0]
         _log.info("block_fetch_started", extra={"from": start_seq, "target": self.target})
+        if self.target - start_seq >= FAR_BEHIND_BLOCKS:
+            self._workers.warm()  # a long way to go: start the processes while we ask
         next_seq = 0
         prev_hash = ""
         unapplied: int | None = None  # last seq of the chunk handed on but not yet applied
@@ -410,6 +444,8 @@ class BlockFetcher:
         finally:
             if ahead is not None:
                 self._forget(ahead)
+            if self._fetched is not None:
+                self._fetched.clear()
         for peer in [p for p, seq in self._claims.items() if seq <= self._head()[0]]:
             del self._claims[peer]
         _log.info(
@@ -475,14 +511,26 @@ class BlockFetcher:
     ) -> tuple[list[Committed], str]:
         if isinstance(blocks, list) and len(blocks) > request.count:
             raise BadBlocks(f"{len(blocks)} blocks sent, {request.count} asked for")
-        pooled = self._preverify is not None and self._tx_checker is not None
-        committed, last_hash = await _verify_in_threads(
-            self._genesis, request.from_seq, blocks, prev_hash, check_signatures=not pooled
-        )
+        committed = await self._verify_in_workers(request.from_seq, blocks)
+        if committed is not None:
+            last_hash = check_chain(request.from_seq, prev_hash, blocks, committed)
+        else:
+            committed, last_hash = await self._verify_in_threads(
+                request.from_seq, blocks, prev_hash
+            )
         certificates = await asyncio.to_thread(
             verified_executions, self._genesis, request.from_seq, prev_hash, blocks, committed
         )
         self._executions.update(certificates)
+        return committed, last_hash
+
+    async def _verify_in_threads(
+        self, from_seq: int, blocks: Any, prev_hash: str
+    ) -> tuple[list[Committed], str]:
+        pooled = self._preverify is not None and self._tx_checker is not None
+        committed, last_hash = await _verify_in_threads(
+            self._genesis, from_seq, blocks, prev_hash, check_signatures=not pooled
+        )
         if self._preverify is not None and self._tx_checker is not None:
             txs = [tx for one in committed for tx in one.batch.txs]
             await self._preverify([tx.wire for tx in txs])
@@ -490,6 +538,48 @@ class BlockFetcher:
                 if not self._tx_checker(tx):
                     raise BadBlocks(f"transaction {tx.tx_id} is not validly signed")
         return committed, last_hash
+
+    async def _verify_in_workers(self, from_seq: int, blocks: Any) -> list[Committed] | None:
+        """The blocks verified with their transactions checked in the worker processes; None
+        when the chunk is too small for them (or they cannot be used): check it in threads."""
+        if not isinstance(blocks, list) or not blocks:
+            return None
+        fields = [block_fields(self._genesis, from_seq + i, b) for i, b in enumerate(blocks)]
+        wires = [wire for _, block_wires, _ in fields for wire in block_wires]
+        if len(wires) < self._process_min_txs:
+            return None
+        checked = await self._workers.check(self._genesis.chain_id, wires)
+        if checked is None:
+            return None
+        if isinstance(checked, BadTx):
+            index = checked.index
+            for offset, (_, block_wires, _) in enumerate(fields):
+                if index < len(block_wires):
+                    raise BadBlocks(
+                        f"block {from_seq + offset}, transaction {index}: {checked.reason}"
+                    )
+                index -= len(block_wires)
+            raise BadBlocks(f"transaction {checked.index} of the chunk: {checked.reason}")
+        per_block: list[list[Tx]] = []
+        start = 0
+        for _, block_wires, _ in fields:
+            per_block.append(checked[start : start + len(block_wires)])
+            start += len(block_wires)
+
+        def certify() -> list[Committed]:
+            return [
+                certified_block(self._genesis, from_seq + offset, header, txs, certificate)
+                for offset, ((header, _, certificate), txs) in enumerate(
+                    zip(fields, per_block, strict=True)
+                )
+            ]
+
+        # Headers against the transactions (hashing) and commit certificates (q signatures
+        # each): off the event loop.
+        committed = await asyncio.to_thread(certify)
+        if self._fetched is not None:
+            self._fetched.add(committed[-1].batch.seq, checked, self._head()[0])
+        return committed
 
 
 @dataclass
@@ -525,6 +615,7 @@ class BlockSync:
         timeout_s: float = RESPONSE_TIMEOUT_S,
         preverify: Preverify | None = None,
         tx_checker: TxChecker | None = None,
+        fetched: FetchedTxs | None = None,
     ) -> None:
         self._store = store
         self._send = send
@@ -539,6 +630,7 @@ class BlockSync:
             timeout_s=timeout_s,
             preverify=preverify,
             tx_checker=tx_checker,
+            fetched=fetched,
         )
         self._heads: dict[str, int] = {}  # peer -> head it announced last
         self._heads_before: dict[str, int] = {}  # ... as of the previous announcement round
