@@ -79,8 +79,10 @@ RELAY_ON_TIMEOUT_MAX = 256
 VERIFY_CACHE_MAX = 65_536  # good signatures remembered (NEW-VIEW re-checks VIEW-CHANGEs)
 DROPPED_KEYS_MAX = 4_096  # distinct (sender, reason) counters
 TIMEOUT_DOUBLINGS_MAX = 16
-# A backup suspects censorship when its oldest request has waited this many timeouts, even if
-# the primary keeps ordering other requests meanwhile.
+# A backup suspects censorship when its oldest request has waited this many timeouts while the
+# primary executed requests that reached us a timeout or more after it. Waiting alone is no
+# sign: under a flood every request waits behind the queue, and a primary that orders in
+# arrival order must not be deposed for being busy.
 CENSORSHIP_TIMEOUTS = 4
 BATCH_REFETCH_TICKS = 10  # re-ask for a missing batch this often
 LOCAL = "local"  # the "sender" under which problems with local input are counted
@@ -175,6 +177,7 @@ class Replica:
         self._relayed_view = -1  # the view in which we last relayed requests on timeout
         self._timer_restart_tick = 0  # a relay on timeout gives the primary one more timeout
         self._lost_peers: frozenset[str] = frozenset()  # from the node, at every tick
+        self._executed_arrival = 0  # latest arrival tick of a request of ours that executed
         self._signed_votes: dict[tuple[str, int, int], str] = {}  # (type, view, seq) -> digest
         self._verified: set[tuple[str, str, str, bytes]] = set()
 
@@ -609,7 +612,9 @@ class Replica:
         if not batch.is_null:
             self._last_exec_time_ms = max(self._last_exec_time_ms, batch.time_ms)
         for tx in batch.txs:
-            self._pending.pop(tx.tx_id, None)
+            waited = self._pending.pop(tx.tx_id, None)
+            if waited is not None:
+                self._executed_arrival = max(self._executed_arrival, waited[1])
             self._unbatched.pop(tx.tx_id, None)
         if batch.seq % self._config.checkpoint_interval == 0:
             self._exec_hashes[batch.seq] = self._head_hash
@@ -940,8 +945,9 @@ class Replica:
 
     def _request_timer_expired(self) -> bool:
         """§4.4: a backup waiting to execute a request starts a timer; it expires when the oldest
-        request has waited a timeout with no execution meanwhile, or several timeouts in all (so
-        a primary that orders other requests cannot censor one forever)."""
+        request has waited a timeout with no execution meanwhile, or several timeouts while
+        requests that came a timeout later were executed (so a primary that orders other
+        requests cannot censor one forever, and one that is merely busy is not deposed)."""
         if not self._pending:
             return False
         _, arrival = next(iter(self._pending.values()))
@@ -949,7 +955,9 @@ class Replica:
         timeout = self._timeout_ticks()
         since = max(self._progress_tick, self._view_start_tick, self._timer_restart_tick)
         stalled = self._ticks - since >= timeout
-        return waited >= timeout and (stalled or waited >= CENSORSHIP_TIMEOUTS * timeout)
+        overtaken = self._executed_arrival - arrival >= timeout
+        censored = overtaken and waited >= CENSORSHIP_TIMEOUTS * timeout
+        return waited >= timeout and (stalled or censored)
 
     def _tick_view_change(self) -> None:
         """§4.4: the view-change timer starts once q VIEW-CHANGEs for the view are in; if it

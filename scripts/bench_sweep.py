@@ -432,7 +432,7 @@ def main() -> int:
         default=list(DEFAULT_PERCENTS),
         help="offered loads in %% of the peak (default %(default)s)",
     )
-    parser.add_argument("--step-s", type=float, default=8.0, help="seconds per step")
+    parser.add_argument("--step-s", type=float, default=6.0, help="seconds per step")
     parser.add_argument("--peak-txs", type=int, default=20_000, help="transactions in the flood")
     parser.add_argument("--peak", type=float, help="take this peak tx/s instead of flooding")
     parser.add_argument("--interval-ms", type=float, default=10.0, help="ms between POSTs")

@@ -114,6 +114,7 @@ def test_rss_of_a_process_tree_counts_its_children() -> None:
         report = sampler.report()
         assert set(report["rss_peak_mib"]) == {"node0"}  # a pid that is gone is skipped
         assert abs(report["rss_peak_mib"]["node0"] - tree / 2**20) < 5
+        assert abs(report["rss_peak_main_process_mib"]["node0"] - own / 2**20) < 5
         assert report["rss_limit_mib"] == 512
         parent.stdin.close()
         parent.wait(timeout=30)
