@@ -63,6 +63,7 @@ class HonestHost:
         self.pool: dict[str, Tx] = {}  # verified, not yet committed (volatile)
         self._fetch_turn = 0
         self._torn: float | None = None  # crash inside the next Output, after this share of sends
+        self.lost_peers: frozenset[str] = frozenset()  # what the links report (lost_links.py)
         self.replica: Replica | None = self._new_replica()
 
     # --- life cycle ------------------------------------------------------------------------
@@ -137,7 +138,7 @@ class HonestHost:
     def on_tick(self, now_ms: int) -> list[Envelope]:
         if self.replica is None:
             return []
-        return self._carry_out(self.replica.on_tick(now_ms))
+        return self._carry_out(self.replica.on_tick(now_ms, self.lost_peers))
 
     # --- hooks for Byzantine subclasses ----------------------------------------------------
 

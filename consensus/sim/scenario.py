@@ -28,6 +28,10 @@ VIEW_CHANGE_CRASH_SHARE = 0.3  # seeds where one, several or all honest replicas
 # changed no other draw; it starts in the first third of the fault window.
 LONE_CERTIFICATE_STREAM = 0x10_CE27
 LONE_CERTIFICATE_SHARE = 0.3
+# Lost-link reports to the replicas (``lost_links``): a stream of its own as well.
+LOST_LINKS_STREAM = 0x1057_11E5
+LOST_LINKS_SHARE = 0.5
+LOST_LINK_LIE_CHOICES = (0.0, 0.01, 0.05)
 
 # Liveness bound. After the fault window ends (tick W_end, when the network heals and crashed
 # replicas restart), every valid transaction submitted so far or later must be executed by every
@@ -74,6 +78,10 @@ class Scenario:
     # From this tick (0: never), the network schedules a lone prepared certificate: one seq gets
     # certificates for two batches in two views inside one view change (lone_certificate.py).
     lone_certificate_tick: int = 0
+    # Whether the hosts' links report lost peers to their replicas, and how often (per host and
+    # tick, inside the fault window) a report wrongly names a live primary.
+    lost_links: bool = False
+    lost_link_lie_p: float = 0.0
 
     @property
     def f(self) -> int:
@@ -119,6 +127,7 @@ class Scenario:
                 else ""
             )
             + (f" lone_cert@{self.lone_certificate_tick}" if self.lone_certificate_tick else "")
+            + (f" lost_links(lie={self.lost_link_lie_p})" if self.lost_links else "")
         )
 
 
@@ -159,6 +168,7 @@ def scenario_for_seed(seed: int, ed25519: bool = False) -> Scenario:
         vc_crash = tuple(sorted(extra.sample(honest, count)))
     vc_crash_tick = extra.randrange(1, window)
     vc_down = extra.randint(1, 3 * int(params["view_change_timeout_ticks"]))
+    links = random.Random(seed ^ LOST_LINKS_STREAM)
     lone = random.Random(seed ^ LONE_CERTIFICATE_STREAM)
     lone_tick = 0
     if lone.random() < LONE_CERTIFICATE_SHARE:
@@ -185,6 +195,8 @@ def scenario_for_seed(seed: int, ed25519: bool = False) -> Scenario:
         view_change_crash_tick=vc_crash_tick,
         view_change_down_ticks=vc_down,
         lone_certificate_tick=lone_tick,
+        lost_links=links.random() < LOST_LINKS_SHARE,
+        lost_link_lie_p=links.choice(LOST_LINK_LIE_CHOICES),
     )
 
 

@@ -31,6 +31,7 @@ from consensus.sim.faults import (
 from consensus.sim.hosts import Envelope, HonestHost
 from consensus.sim.keys import ClientTxChecker, make_keys
 from consensus.sim.lone_certificate import LoneCertificate
+from consensus.sim.lost_links import LostLinks
 from consensus.sim.network import IN_FLIGHT_MAX, ConsensusWire, Network, Payload
 from consensus.sim.scenario import TWIN, Scenario, scenario_for_seed
 
@@ -56,6 +57,7 @@ class SimResult:
     recovery_ticks: int = -1  # from max(heal, last submission) until all executed; -1: never
     recovery_bound: int = 0  # what the liveness bound allowed for it
     view_change_restarts: int = 0  # honest replicas killed and restarted during a view change
+    lost_link_lies: int = 0  # live primaries reported lost to a replica (lost_links.py)
     lone_certificates: int = 0  # lone-certificate schedules that reached their reveal phase
     # NEW-VIEWs (sent or installed by honest hosts) whose VIEW-CHANGEs hold, for one seq,
     # certificates for different digests from different views: where the plan's choice matters
@@ -153,6 +155,11 @@ class Simulation:
             )
             self.network.drop_rule = self.lone.drops
         self.view_change_restarts = 0
+        self.lost_links: LostLinks | None = None
+        if scenario.lost_links:
+            self.lost_links = LostLinks(
+                scenario.seed, self.hosts, scenario.lost_link_lie_p, scenario.heal_tick
+            )
         self.liveness = LivenessChecker(self.hosts)
         self._by_key: dict[str, list[int]] = {}
         for host in self.hosts:
@@ -210,6 +217,8 @@ class Simulation:
         for sub in self.workload.submissions(self.tick, len(self.hosts), self._replies):
             for i in range(len(self.hosts)) if sub.to is None else [sub.to]:
                 self._route(i, self._host(i, "client txs").on_client_txs(sub.txs))
+        if self.lost_links is not None:
+            self.lost_links.step(self.tick)
         for host in self.hosts:
             self._route(host.index, self._host(host.index, "tick").on_tick(now_ms))
         for _ in range(DELIVERY_ROUNDS_MAX):
@@ -359,6 +368,7 @@ class Simulation:
         result.packets = self.network.stats.sent
         result.repeats = self.safety.repeats
         result.view_change_restarts = self.view_change_restarts
+        result.lost_link_lies = 0 if self.lost_links is None else self.lost_links.lies
         result.lone_certificates = 0 if self.lone is None else self.lone.revealed
         result.split_new_views = self.safety.split_new_views
         digest = hashlib.sha256()
