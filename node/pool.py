@@ -55,6 +55,7 @@ WORKERS_DEFAULT = 2
 # Transactions verified per thread-pool task: large enough to amortise the hand-off, small
 # enough that a batch of 1,000 spreads over every worker.
 VERIFY_CHUNK = 64
+INLINE_VERIFY_MAX = 2  # up to this many signatures are checked on the caller's thread
 SUBMITTED_TIMES_MAX = 65_536  # submission times kept for latency after removal
 
 POOL_FULL = "pool_full"
@@ -328,6 +329,13 @@ class Pool:
                 first[key] = i
                 todo.append(i)
         if not todo:
+            return verdicts
+        if len(todo) <= INLINE_VERIFY_MAX:
+            # One or two signatures cost less than the hand-off to a thread and back.
+            for i, verdict in zip(todo, _verify_chunk([txs[i] for i in todo]), strict=True):
+                verdicts[i] = verdict
+            for i, j in repeats:
+                verdicts[i] = verdicts[j]
             return verdicts
         loop = asyncio.get_running_loop()
         chunks = [todo[k : k + VERIFY_CHUNK] for k in range(0, len(todo), VERIFY_CHUNK)]

@@ -288,6 +288,7 @@ class ClientLimiter:
 
 LIMITER: web.AppKey[ClientLimiter] = web.AppKey("phalanx_client_limiter", ClientLimiter)
 PARSER: web.AppKey[ThreadPoolExecutor] = web.AppKey("phalanx_body_parser", ThreadPoolExecutor)
+INLINE_PARSE_BYTES_MAX = 8 * 1024  # a few transactions: parsed and decoded on the loop
 
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -326,10 +327,11 @@ def limited_response(request: web.Request) -> web.Response:
 
 async def parse_body(request: web.Request, data: bytes, parse: Callable[[bytes], Any]) -> Any:
     """``parse(data)`` after the structure check, in the body-parsing executor (or inline when
-    the app has none, as in unit tests of the handlers)."""
+    the app has none, as in unit tests of the handlers, or for a small body such as one
+    transaction: its parse costs less than the hand-off to a thread and back)."""
     check_body_structure(data)
     executor = request.app.get(PARSER)
-    if executor is None:
+    if executor is None or len(data) <= INLINE_PARSE_BYTES_MAX:
         return parse(data)
     return await asyncio.get_running_loop().run_in_executor(executor, parse, data)
 
