@@ -4,11 +4,35 @@ Phalanx values never hold floats, so the number rules of JCS reduce to printing 
 must lie within ±(2^53 - 1) so that every JSON implementation reads them exactly. Object keys are
 sorted by their UTF-16 code units, as RFC 8785 section 3.2.3 requires (not by code points: the
 two orders differ for characters beyond the Basic Multilingual Plane).
+
+Every signature, hash, tx id, block and receipt of the node goes through :func:`canonical_json`,
+so it runs at C speed: the standard library's C encoder writes sorted, compact JSON, which is
+JCS except where this module checks and, if in doubt, hands the value to the pure-Python
+reference :func:`canonical_json_reference` (the oracle the tests compare with):
+
+- object keys: the C encoder sorts by code point, JCS by UTF-16 code unit. The orders agree
+  unless a key holds a character at or above U+E000 (the only range above the surrogates that a
+  supplementary character could sort the other way against), so any such character anywhere
+  in the text sends the value to the reference;
+- the C encoder also writes what Phalanx refuses: floats, integers beyond ±(2^53 - 1), and
+  int, float, bool and None object keys (as strings). For a value of unknown origin the text is
+  parsed back with hooks that refuse floats and huge integers, and must equal the value: a
+  non-string key comes back as a string and so differs (a tuple comes back as a list and also
+  takes the reference's path, which accepts it);
+- nesting deeper than the reference allows needs more than 64 brackets in the text; beyond
+  that, a walk over the containers alone measures the depth;
+- lone surrogates fail the UTF-8 encoding.
+
+Strings are escaped by the very function the reference uses, so they come out identical.
+:func:`canonical_json_parsed` skips the parse-back for values that came from :func:`parse_json`
+(or the audit's ``load_json``), which can hold none of those.
 """
 
 from __future__ import annotations
 
 import json
+import json.encoder
+from collections.abc import Callable
 from typing import Any
 
 MAX_SAFE_INTEGER = 2**53 - 1
@@ -18,13 +42,22 @@ MAX_SAFE_INTEGER = 2**53 - 1
 # lowercase \u00xx). One string encoder is reused for every string.
 _encode_string = json.JSONEncoder(ensure_ascii=False).encode
 
+_DEPTH_MAX = 64
+_SAFE_DIGITS_MAX = 15  # any integer of at most 15 digits lies within ±(2^53 - 1)
+
 
 class CanonicalJsonError(ValueError):
     """The value cannot be written as Phalanx canonical JSON (a float, a huge int, a bad key...)."""
 
 
-def canonical_json(value: Any) -> bytes:
-    """Return the RFC 8785 serialisation of ``value`` as UTF-8 bytes."""
+# ---- the reference (pure Python; the oracle and the fallback) -------------------------------
+
+
+def canonical_json_reference(value: Any) -> bytes:
+    """The RFC 8785 serialisation of ``value``, written out in Python one value at a time.
+
+    :func:`canonical_json` returns the same bytes and raises the same errors, faster; this one
+    is kept as its fallback and as the oracle its tests compare against."""
     parts: list[str] = []
     _write(value, parts, depth=0)
     try:
@@ -33,9 +66,6 @@ def canonical_json(value: Any) -> bytes:
         raise CanonicalJsonError(
             "string holds a lone UTF-16 surrogate, which is not valid UTF-8"
         ) from exc
-
-
-_DEPTH_MAX = 64
 
 
 def _write(value: Any, parts: list[str], depth: int) -> None:
@@ -82,9 +112,115 @@ def _utf16_order(key: str) -> bytes:
     return key.encode("utf-16-be", "surrogatepass")
 
 
+# ---- the fast encoder -----------------------------------------------------------------------
+
+
+class _NotPlain(Exception):
+    """Raised inside the fast paths: the value needs the reference's verdict."""
+
+
+def _not_plain(_value: Any) -> Any:
+    raise _NotPlain
+
+
+def _sorted_encoder() -> Callable[[Any, int], Any]:
+    """The C encoder itself, built once (``JSONEncoder.encode`` builds one per call): sorted
+    keys, no spaces, NaN and Infinity refused, anything but dict/list/tuple/str/int/float/bool/
+    None refused through ``default``."""
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:  # an interpreter without the C accelerator: the reference is as fast
+        return lambda value, _level: [canonical_json_reference(value).decode("utf-8")]
+    encode_string = json.encoder.encode_basestring  # the reference's, with ensure_ascii off
+    encoder: Callable[[Any, int], Any] = make(
+        None, _not_plain, encode_string, None, ":", ",", True, False, False
+    )
+    return encoder
+
+
+_encode_sorted = _sorted_encoder()
+
+
+def _check_int(text: str) -> int:
+    value = int(text)
+    if len(text) > _SAFE_DIGITS_MAX and not -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER:
+        raise _NotPlain
+    return value
+
+
+# Parses the C encoder's own output back: a float or a huge integer in it means the value held
+# one (the reference then says which).
+_read_back = json.JSONDecoder(parse_float=_not_plain, parse_int=_check_int).decode
+
+
+def _encode_fast(value: Any, known_plain: bool) -> bytes:
+    text = _try_encode(value, known_plain)
+    if text is None:
+        return canonical_json_reference(value)  # the same bytes, or the error saying why
+    return text
+
+
+def _try_encode(value: Any, known_plain: bool) -> bytes | None:
+    """The C encoder's JCS of ``value``, or None where the reference must decide."""
+    try:
+        text: str = "".join(_encode_sorted(value, 0))
+        if not text.isascii() and max(text) >= "\ue000":
+            return None  # UTF-16 and code point order may differ
+        if (
+            len(text) > 2 * _DEPTH_MAX
+            and text.count("{") + text.count("[") > _DEPTH_MAX
+            and _nests_to_the_limit(value)
+        ):
+            return None  # the reference decides whether the innermost level is allowed
+        if not known_plain and _read_back(text) != value:
+            return None  # a non-string key (or a tuple, which the reference accepts)
+        return text.encode("utf-8")
+    except (_NotPlain, TypeError, ValueError, RecursionError):
+        # ValueError also covers NaN/Infinity, circular values and lone surrogates (UTF-8)
+        return None
+
+
+_CONTAINERS = (dict, list, tuple)  # what the C encoder descends into (subclasses too)
+
+
+def _nests_to_the_limit(value: Any) -> bool:
+    """True if ``value`` holds a container at depth 64 (the top is depth 0): the reference
+    refuses it if that container is not empty. Asked only of values whose text has more than
+    64 brackets; walks the containers level by level, skipping the scalars at C speed."""
+    level = [value]
+    for _ in range(_DEPTH_MAX):
+        level = [
+            item
+            for container in level
+            for item in (container.values() if isinstance(container, dict) else container)
+            if isinstance(item, _CONTAINERS)
+        ]
+        if not level:
+            return False
+    return True
+
+
+def canonical_json(value: Any) -> bytes:
+    """Return the RFC 8785 serialisation of ``value`` as UTF-8 bytes.
+
+    Raises :class:`CanonicalJsonError` for anything outside the Phalanx value space: floats,
+    integers beyond ±(2^53 - 1), non-string keys, lone surrogates, more than 64 levels of
+    nesting, other types. ``bool`` is never taken for an integer."""
+    return _encode_fast(value, known_plain=False)
+
+
+def canonical_json_parsed(value: Any) -> bytes:
+    """:func:`canonical_json` for a value that came from :func:`parse_json` (or another parser
+    that refuses floats and integers beyond ±(2^53 - 1)): the same bytes and errors, without
+    looking for floats, huge integers and non-string keys, which such a value cannot hold."""
+    return _encode_fast(value, known_plain=True)
+
+
 def check_json_value(value: Any) -> None:
     """Raise CanonicalJsonError unless ``value`` is a JSON value Phalanx accepts."""
     canonical_json(value)
+
+
+# ---- parsing --------------------------------------------------------------------------------
 
 
 def parse_json(data: bytes | str) -> Any:
@@ -93,6 +229,52 @@ def parse_json(data: bytes | str) -> Any:
     Duplicate keys are refused because two parsers could keep different ones, and the signed bytes
     (recomputed by JCS) would then mean different things to different readers.
     """
+    parsed = _try_parse(data)
+    if parsed is None:
+        return _parse_json_reference(data)  # the same value, or the error saying why
+    canonical_json_parsed(parsed[0])  # nesting and lone surrogates, as check_json_value would
+    return parsed[0]
+
+
+def _try_parse(data: bytes | str) -> tuple[Any] | None:
+    """``(value,)`` parsed at C speed, or None where the reference parse must decide."""
+    try:
+        return (_parse_plain(data),)
+    except Exception:  # any doubt (bad JSON included): the reference says why
+        return None
+
+
+def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        raise _NotPlain  # a duplicate key
+    return result
+
+
+_parse_plain_text = json.JSONDecoder(
+    parse_float=_not_plain,
+    parse_int=_check_int,
+    parse_constant=_not_plain,
+    object_pairs_hook=_unique_pairs,
+).decode
+
+
+def _parse_plain(data: bytes | str) -> Any:
+    """``json.loads(data)`` with every float, NaN, Infinity, huge integer and duplicate key
+    refused by ``_NotPlain``: its result is JSON Phalanx accepts, nesting and surrogates aside.
+    Text is prepared as ``json.loads`` prepares it."""
+    if isinstance(data, str):
+        if data.startswith("\ufeff"):
+            raise _NotPlain
+        return _parse_plain_text(data)
+    if not isinstance(data, (bytes, bytearray)):
+        raise _NotPlain
+    return _parse_plain_text(data.decode(json.detect_encoding(data), "surrogatepass"))
+
+
+def _parse_json_reference(data: bytes | str) -> Any:
+    """The parse :func:`parse_json` falls back to when its fast path is in doubt: every error
+    message comes from here."""
 
     def no_float(text: str) -> Any:
         raise CanonicalJsonError(f"float {text} is not allowed in Phalanx values; use integers")
@@ -119,5 +301,5 @@ def parse_json(data: bytes | str) -> Any:
         raise
     except (ValueError, RecursionError) as exc:
         raise CanonicalJsonError(f"not valid JSON: {exc}") from exc
-    check_json_value(value)
+    canonical_json_reference(value)
     return value

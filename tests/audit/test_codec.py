@@ -1,4 +1,6 @@
-"""The audit's fast JCS is byte-for-byte ``crypto.canonical.canonical_json``, errors included."""
+"""The audit decodes stored bytes (load_json) and writes JCS with the project's one encoder
+(``canonical_bytes`` is ``crypto.canonical.canonical_json_parsed``): byte-for-byte the reference,
+errors included."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from crypto.canonical import MAX_SAFE_INTEGER, CanonicalJsonError, canonical_json
+from crypto.canonical import MAX_SAFE_INTEGER, CanonicalJsonError, canonical_json_reference
 from ledger.audit.codec import NotJsonError, canonical_bytes, is_canonical, load_json
 
 # Characters that stress the fast path: controls, escapes, non-ASCII, the U+E000+ range whose
@@ -32,13 +34,13 @@ values = st.recursive(
 @settings(max_examples=400, deadline=None)
 @given(values)
 def test_fast_jcs_equals_canonical_json(value: Any) -> None:
-    assert canonical_bytes(value) == canonical_json(value)
+    assert canonical_bytes(value) == canonical_json_reference(value)
 
 
 @settings(max_examples=200, deadline=None)
 @given(values)
 def test_load_json_round_trips_what_the_store_writes(value: Any) -> None:
-    data = canonical_json(value)
+    data = canonical_json_reference(value)
     loaded = load_json(data)
     assert loaded == value and is_canonical(data, loaded)
     assert load_json(json.dumps(value, ensure_ascii=False).encode()) == value
@@ -47,7 +49,7 @@ def test_load_json_round_trips_what_the_store_writes(value: Any) -> None:
 def test_utf16_ordering_takes_the_slow_path() -> None:
     value = {"\ufb33": 1, "\U0001f600": 2, "a": 3}
     assert list(json.loads(canonical_bytes(value))) == ["a", "\U0001f600", "\ufb33"]
-    assert canonical_bytes(value) == canonical_json(value)
+    assert canonical_bytes(value) == canonical_json_reference(value)
 
 
 def test_deep_nesting_and_surrogates_raise_like_canonical_json() -> None:
@@ -59,7 +61,7 @@ def test_deep_nesting_and_surrogates_raise_like_canonical_json() -> None:
     almost: Any = []
     for _ in range(64):
         almost = [almost]
-    assert canonical_bytes(almost) == canonical_json(almost)
+    assert canonical_bytes(almost) == canonical_json_reference(almost)
     with pytest.raises(CanonicalJsonError, match="surrogate"):
         canonical_bytes({"k": "\ud800"})
     assert not is_canonical(b'"x"', "\udfff")
