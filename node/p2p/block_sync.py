@@ -395,6 +395,7 @@ class BlockFetcher:
         prev_hash = ""
         unapplied: int | None = None  # last seq of the chunk handed on but not yet applied
         ahead: _Request | None = None  # the next chunk, asked for while this one is verified
+        early: _Early | None = None  # the next chunk, being verified already
         try:
             while True:
                 if unapplied is None:
@@ -406,15 +407,22 @@ class BlockFetcher:
                     ahead = None
                 request = ahead or self._request(next_seq)
                 ahead = None
+                if early is not None and early.request is not request:
+                    self._drop_early(early)
+                    early = None
                 if request is None:
                     break
                 peer = request.peer
                 try:
-                    blocks = await self._answer(request)
-                    if isinstance(blocks, list) and 0 < len(blocks) <= request.count:
-                        # The serving peer works on the next chunk while we verify this one.
-                        ahead = self._request(next_seq + len(blocks))
-                    committed, last_hash = await self._verify(request, blocks, prev_hash)
+                    if early is not None:
+                        ahead, verifying, early = early.ahead, early.verifying, None
+                        committed, last_hash = await verifying
+                    else:
+                        blocks = await self._answer(request)
+                        if isinstance(blocks, list) and 0 < len(blocks) <= request.count:
+                            # The serving peer works on the next chunk while we verify this one.
+                            ahead = self._request(next_seq + len(blocks))
+                        committed, last_hash = await self._verify(request, blocks, prev_hash)
                 except NoBlocks:
                     self._claims[peer] = next_seq - 1  # honest peers may simply be behind us
                     self.failures[(peer, "no_blocks")] += 1
@@ -434,6 +442,11 @@ class BlockFetcher:
                     unapplied = None
                     next_seq = 0  # start again from the ledger's head
                     continue
+                if ahead is not None and ahead.future.done() and not ahead.future.cancelled():
+                    # The next chunk is here: its checks start before this one is handed on,
+                    # so the workers verify it while the replica applies this one (which holds
+                    # the event loop until it is done).
+                    early = self._verify_early(ahead, last_hash)
                 self._deliver(committed)
                 self.blocks_fetched += len(committed)
                 self.txs_fetched += sum(len(c.batch.txs) for c in committed)
@@ -444,6 +457,8 @@ class BlockFetcher:
         finally:
             if ahead is not None:
                 self._forget(ahead)
+            if early is not None:
+                self._drop_early(early)
             if self._fetched is not None:
                 self._fetched.clear()
         for peer in [p for p, seq in self._claims.items() if seq <= self._head()[0]]:
@@ -452,6 +467,25 @@ class BlockFetcher:
             "block_fetch_done",
             extra={"from": start_seq, "head": self._head()[0], "fetched": self.blocks_fetched},
         )
+
+    def _verify_early(self, request: _Request, prev_hash: str) -> _Early:
+        """Start verifying the chunk that answered ``request`` (chained onto ``prev_hash``),
+        and ask for the one after it."""
+        blocks = request.future.result().get("blocks")
+        self._forget(request)
+        after = None
+        if isinstance(blocks, list) and 0 < len(blocks) <= request.count:
+            after = self._request(request.from_seq + len(blocks))
+        verifying = asyncio.create_task(self._verify(request, blocks, prev_hash))
+        # Its failure is reported when it is awaited; if it never is (the fetch started over),
+        # the exception is retrieved here rather than logged as lost.
+        verifying.add_done_callback(lambda task: task.cancelled() or task.exception())
+        return _Early(request, verifying, after)
+
+    def _drop_early(self, early: _Early) -> None:
+        early.verifying.cancel()
+        if early.ahead is not None:
+            self._forget(early.ahead)
 
     def _fail(self, peer: str, reason: str, strikes: int, detail: str = "") -> None:
         self._strikes[peer] += strikes
@@ -580,6 +614,16 @@ class BlockFetcher:
         if self._fetched is not None:
             self._fetched.add(committed[-1].batch.seq, checked, self._head()[0])
         return committed
+
+
+@dataclass
+class _Early:
+    """A chunk whose verification started before the previous chunk was handed on, and the
+    request for the chunk after it (None if its answer was not a usable list)."""
+
+    request: _Request
+    verifying: asyncio.Task[tuple[list[Committed], str]]
+    ahead: _Request | None
 
 
 @dataclass
