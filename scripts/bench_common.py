@@ -86,9 +86,15 @@ def make_transactions(
     return txs
 
 
-async def head_seq(url: str) -> int:
+async def status(url: str) -> dict[str, Any]:
+    """The node's ``GET /v1/status`` answer."""
     async with aiohttp.ClientSession() as session, session.get(f"{url}/v1/status") as response:
-        return int((await response.json())["seq"])
+        answer: dict[str, Any] = await response.json()
+        return answer
+
+
+async def head_seq(url: str) -> int:
+    return int((await status(url))["seq"])
 
 
 async def watch_commits(url: str, committed_at: dict[str, float], from_seq: int) -> None:

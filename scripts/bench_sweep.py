@@ -47,6 +47,7 @@ from bench_common import (
     receipt_latency,
     sampling_rss,
     signature_limit,
+    status,
     wait_committed,
     watch_commits,
 )
@@ -96,8 +97,10 @@ class StepResult:
     latency_p99_ms: float | None
     receipt_probes: int
     receipt_probes_pending: int  # no receipt within 60 s
+    receipt_probes_failed: int  # the connection failed (each one is also said on stderr)
     receipt_p50_ms: float | None
     receipt_p99_ms: float | None
+    view_changes: int  # views node0 moved through during the step (0 in a healthy run)
 
 
 def plan_steps(peak_tx_per_s: float, percents: list[float], seconds: float) -> list[Step]:
@@ -152,8 +155,13 @@ async def _post_batch(
 ) -> None:
     """Posts one batch; appends the ids the node took to ``accepted`` and counts the others in
     ``rejections`` by error code (no retry: a retry would change the offered load)."""
-    async with session.post(f"{url}/v1/txs", json=batch) as response:
-        body = await response.json()
+    try:
+        async with session.post(f"{url}/v1/txs", json=batch) as response:
+            body = await response.json()
+    except aiohttp.ClientConnectionError as e:
+        _say(f"POST {url}/v1/txs: {type(e).__name__}: {e}")
+        rejections[f"connection: {type(e).__name__}"] += len(batch)
+        return
     if response.status == 429:
         rejections[f"429 {body.get('error')}"] += len(batch)
         return
@@ -172,12 +180,12 @@ async def _probe(
     txs: list[dict[str, Any]],
     interval_s: float,
     until: float,
-) -> tuple[list[float], int]:
+) -> tuple[list[float], int, int]:
     """One ``wait=commit`` transaction at a time, at most one per ``interval_s``, none sent
-    after ``until``. Returns the sorted latencies and how many probes were still pending when
-    the node stopped waiting (60 s: only far past saturation)."""
+    after ``until``. Returns the sorted latencies, how many probes were still pending when the
+    node stopped waiting (60 s: only far past saturation) and how many lost their connection."""
     latencies: list[float] = []
-    pending = 0
+    pending = failed = 0
     start = time.perf_counter()
     for i, tx in enumerate(txs):
         await asyncio.sleep(max(0.0, start + i * interval_s - time.perf_counter()))
@@ -188,7 +196,11 @@ async def _probe(
             latencies.append(await receipt_latency(session, url, tx, timeout_ms=60_000))
         except StillPending:
             pending += 1
-    return sorted(latencies), pending
+        except aiohttp.ClientConnectionError as e:
+            # Counted, not fatal: the step's figures say how many probes it lost.
+            _say(f"probe to {url}: {type(e).__name__}: {e}")
+            failed += 1
+    return sorted(latencies), pending, failed
 
 
 async def run_step(
@@ -210,6 +222,7 @@ async def run_step(
     due_at: dict[str, float] = {}
     rejections: Counter[str] = Counter()
     posts: list[asyncio.Task[None]] = []
+    view_before = (await status(target.urls[0]))["view"]
     connector = aiohttp.TCPConnector(limit=256)
     async with aiohttp.ClientSession(connector=connector) as session:
         start = time.perf_counter()
@@ -233,8 +246,9 @@ async def run_step(
                 )
             )
         await asyncio.gather(*posts)
-        receipts, receipts_pending = await prober
+        receipts, receipts_pending, receipts_failed = await prober
     await wait_committed(committed_at, accepted, drain_s)
+    view_changes = (await status(target.urls[0]))["view"] - view_before
     committed = [t for t in accepted if t in committed_at]
     latencies = sorted(committed_at[t] - due_at[t] for t in committed)
     tps = step_throughput([committed_at[t] for t in committed], step.seconds)
@@ -250,8 +264,10 @@ async def run_step(
         latency_p99_ms=quantile_ms(latencies, 0.99),
         receipt_probes=len(receipts),
         receipt_probes_pending=receipts_pending,
+        receipt_probes_failed=receipts_failed,
         receipt_p50_ms=quantile_ms(receipts, 0.5),
         receipt_p99_ms=quantile_ms(receipts, 0.99),
+        view_changes=view_changes,
     )
 
 
@@ -377,13 +393,14 @@ def table(result: dict[str, Any]) -> str:
         f"idle receipt latency p50 {result['idle']['receipt_p50_ms']} ms, "
         f"p99 {result['idle']['receipt_p99_ms']} ms",
         f"{'load':>6} {'offered':>8} {'committed':>9} {'p50 ms':>8} {'p99 ms':>8} "
-        f"{'rcpt p50':>8} {'rcpt p99':>8} {'rejected':>8}",
+        f"{'rcpt p50':>8} {'rcpt p99':>8} {'rejected':>8} {'views':>5}",
     ]
     for s in result["steps"]:
         lines.append(
             f"{s['percent']:>5g}% {s['offered_tx_per_s']:>8.0f} {s['committed_tx_per_s']:>9.0f} "
             f"{s['latency_p50_ms']!s:>8} {s['latency_p99_ms']!s:>8} "
-            f"{s['receipt_p50_ms']!s:>8} {s['receipt_p99_ms']!s:>8} {s['rejected']:>8}"
+            f"{s['receipt_p50_ms']!s:>8} {s['receipt_p99_ms']!s:>8} {s['rejected']:>8} "
+            f"{s['view_changes']:>5}"
         )
     peaks = ", ".join(f"{n} {m} MiB" for n, m in result["rss_peak_mib"].items())
     lines.append(f"peak RSS: {peaks} (limit {result['rss_limit_mib']} MiB)")

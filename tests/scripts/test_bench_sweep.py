@@ -134,8 +134,10 @@ def _result() -> dict[str, Any]:
         "latency_p99_ms": 20.3,
         "receipt_probes": 160,
         "receipt_probes_pending": 0,
+        "receipt_probes_failed": 0,
         "receipt_p50_ms": 9.0,
         "receipt_p99_ms": 25.0,
+        "view_changes": 0,
     }
     overload = dict(step, percent=120, committed_tx_per_s=1900.0, latency_p99_ms=4000.0)
     return {
