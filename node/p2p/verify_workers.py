@@ -113,9 +113,13 @@ class VerifyWorkers:
             _log.warning("verify_workers_broken", extra={"detail": str(exc)[:200]})
             self._drop_pool()
             return None
-        except (RecursionError, TypeError, ValueError, AttributeError) as exc:
-            # Values pickle cannot carry (nesting too deep): the in-process check says why.
-            _log.warning("verify_workers_refused", extra={"detail": str(exc)[:200]})
+        except Exception as exc:
+            # Values pickle cannot carry (nesting too deep), or a worker failing in a way
+            # check_part does not expect: the same chunk checked in-process says what is wrong.
+            _log.warning(
+                "verify_workers_refused",
+                extra={"error": type(exc).__name__, "detail": str(exc)[:200]},
+            )
             return None
         txs: list[Tx] = []
         for start, answer in zip(starts, answers, strict=True):

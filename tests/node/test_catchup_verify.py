@@ -281,3 +281,18 @@ def test_fetched_txs_answers_only_for_what_the_workers_verified() -> None:
     assert not fetched.check(first[0]) and fetched.check(second[0])
     fetched.clear()
     assert len(fetched) == 0 and not fetched.check(second[0])
+
+
+def test_values_the_workers_cannot_take_are_left_to_the_in_process_check(
+    workers: VerifyWorkers,
+) -> None:
+    deep: Any = 0
+    for _ in range(5000):
+        deep = [deep]
+    wires = [sign_tx(ALICE, 1, [{"op": "set", "key": "k", "value": 1}])]
+    wires.append({"body": {"chain_id": "phalanx-test", "nested": deep}, "sig": "00" * 64})
+    answer = asyncio.run(workers.check(make_genesis().chain_id, wires))
+    # Too deep to pickle (None: the caller checks in-process) or refused by the worker.
+    assert answer is None or (isinstance(answer, BadTx) and answer.index == 1), answer
+    ok = asyncio.run(workers.check(make_genesis().chain_id, wires[:1]))
+    assert isinstance(ok, list) and [t.tx_id for t in ok] == [Tx.from_wire(wires[0]).tx_id]
