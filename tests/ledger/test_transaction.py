@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from crypto.canonical import canonical_json
+from crypto.canonical import MAX_SAFE_INTEGER, canonical_json, canonical_json_reference
 from crypto.hashing import sha256_hex
 from crypto.signing import TAG_COMMIT, signing_input
 from ledger.transaction import (
@@ -23,6 +23,7 @@ from ledger.transaction import (
     SetOp,
     TransferOp,
     TxError,
+    ValidTx,
     check_chain,
     check_transaction,
     decode_for_execution,
@@ -359,3 +360,68 @@ def test_decode_for_execution_checks_shape_but_trusts_the_id() -> None:
     with pytest.raises(TxError) as info:
         decode_for_execution(bad, "cd" * 32)
     assert info.value.code == MALFORMED
+
+
+# ---- the order of refusals (spec §3): JCS of the body, then its size, then its shape ---------
+# decode_transaction checks the shape first (a body of valid shape with scalar values is
+# serialised without the parse-back), so these pin that a shape error is held back.
+
+
+def _detail(value: Any, decode: Any = decode_transaction) -> tuple[str, str]:
+    with pytest.raises(TxError) as info:
+        decode(value)
+    return info.value.code, info.value.detail
+
+
+def _for_execution(value: Any) -> ValidTx:
+    return decode_for_execution(value, "cd" * 32)
+
+
+def _unsigned(*ops: dict[str, Any]) -> dict[str, Any]:
+    """A transaction whose body could not be signed (no JCS form): the shape is what counts."""
+    body = {"chain_id": CHAIN_ID, "client": ALICE.public_key, "nonce": 0, "ops": list(ops)}
+    return {"body": body, "sig": "00" * 64}
+
+
+@pytest.mark.parametrize("decode", [decode_transaction, _for_execution])
+def test_a_value_outside_jcs_is_reported_before_a_shape_error(decode: Any) -> None:
+    w = _unsigned({"op": "set", "key": "k", "value": {"x": [1.5]}})
+    w["body"]["extra"] = 1
+    assert _detail(w, decode) == (
+        MALFORMED,
+        "body: floats are not allowed in Phalanx values; use integers",
+    )
+    w = _unsigned({"op": "set", "key": "k", "value": {1: "non-string key"}})
+    assert _detail(w, decode) == (MALFORMED, "body: object key 1 is not a string")
+    w = _unsigned({"op": "cas", "key": "k", "expect": 2**53, "value": 1})
+    assert _detail(w, decode) == (
+        MALFORMED,
+        "body: integer 9007199254740992 is outside ±(2^53 - 1)",
+    )
+
+
+def test_too_large_is_reported_before_a_shape_error() -> None:
+    w = wire({"op": "set", "key": "k", "value": "x" * BODY_BYTES_MAX})
+    w["body"]["nonce"] = -1
+    assert _detail(w)[0] == TOO_LARGE
+    # For execution the size was settled by consensus: the shape error is what remains.
+    assert _detail(w, _for_execution) == (
+        MALFORMED,
+        "body.nonce must be an integer with 0 <= nonce < 2^53",
+    )
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["s", 7, True, None, MAX_SAFE_INTEGER, {"b": [1, {"c": None}], "a": "\U0001f600\ufb33"}],
+)
+def test_scalar_and_container_values_serialise_as_the_reference(value: Any) -> None:
+    w = wire(
+        {"op": "set", "key": "k", "value": value},
+        {"op": "cas", "key": "j", "expect": 0, "value": value},
+    )
+    tx = decode_transaction(w)
+    assert tx.body_jcs == canonical_json_reference(w["body"])
+    assert tx.tx_id == sha256_hex(canonical_json_reference(w["body"]))
+    assert tx.ops == (SetOp("k", value), CasOp("j", 0, value))
+    assert parse_transaction(json.dumps(w).encode()) == tx
