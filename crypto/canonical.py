@@ -15,10 +15,11 @@ reference :func:`canonical_json_reference` (the oracle the tests compare with):
   supplementary character could sort the other way against), so any such character anywhere
   in the text sends the value to the reference;
 - the C encoder also writes what Phalanx refuses: floats, integers beyond ±(2^53 - 1), and
-  int, float, bool and None object keys (as strings). For a value of unknown origin the text is
-  parsed back with hooks that refuse floats and huge integers, and must equal the value: a
-  non-string key comes back as a string and so differs (a tuple comes back as a list and also
-  takes the reference's path, which accepts it);
+  int, float, bool and None object keys (as strings). A small value of unknown origin is
+  walked to make sure it holds none; a larger one's text is parsed back with hooks that refuse
+  floats and huge integers, and must equal the value: a non-string key comes back as a string
+  and so differs (a tuple comes back as a list and also takes the reference's path, which
+  accepts it);
 - nesting deeper than the reference allows needs more than 64 brackets in the text; beyond
   that, a walk over the containers alone measures the depth;
 - lone surrogates fail the UTF-8 encoding.
@@ -171,12 +172,62 @@ def _try_encode(value: Any, known_plain: bool) -> bytes | None:
             and _nests_to_the_limit(value)
         ):
             return None  # the reference decides whether the innermost level is allowed
-        if not known_plain and _read_back(text) != value:
+        if not known_plain and not _small_and_plain(value) and _read_back(text) != value:
             return None  # a non-string key (or a tuple, which the reference accepts)
         return text.encode("utf-8")
     except (_NotPlain, TypeError, ValueError, RecursionError):
         # ValueError also covers NaN/Infinity, circular values and lone surrogates (UTF-8)
         return None
+
+
+_SMALL = 48  # a walk over this many members costs less than parsing the text back
+
+
+def _small_and_plain(value: Any) -> bool:
+    """True if ``value`` has at most ``_SMALL`` members in all, of exactly the types dict (with
+    str keys), list, tuple, str, bool, None and int within ±(2^53 - 1): then the C encoder's text
+    needs no parse-back. False means "not known", and the parse-back decides."""
+    stack = [value]
+    budget = _SMALL
+    while stack:
+        container = stack.pop()
+        kind = type(container)
+        if kind is dict:
+            budget -= len(container)
+            if budget < 0:
+                return False
+            for key, member in container.items():
+                if type(key) is not str or not _plain_or_pushed(member, stack):
+                    return False
+        elif kind is list or kind is tuple:
+            budget -= len(container)
+            if budget < 0:
+                return False
+            for member in container:
+                if not _plain_or_pushed(member, stack):
+                    return False
+        elif not _is_plain_scalar(container):
+            return False
+    return True
+
+
+def _plain_or_pushed(member: Any, stack: list[Any]) -> bool:
+    kind = type(member)
+    if kind is str or kind is bool or member is None:
+        return True
+    if kind is int:
+        return bool(-MAX_SAFE_INTEGER <= member <= MAX_SAFE_INTEGER)
+    if kind is dict or kind is list or kind is tuple:
+        stack.append(member)
+        return True
+    return False
+
+
+def _is_plain_scalar(value: Any) -> bool:
+    kind = type(value)
+    if kind is str or kind is bool or value is None:
+        return True
+    return kind is int and -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER
 
 
 _CONTAINERS = (dict, list, tuple)  # what the C encoder descends into (subclasses too)

@@ -242,6 +242,9 @@ def _outcome(encode: Callable[[Any], bytes], value: Any) -> tuple[str, Any]:
 @given(_values)
 def test_fast_encoder_equals_the_reference_bytes_and_errors(value: Any) -> None:
     assert _outcome(canonical_json, value) == _outcome(canonical_json_reference, value)
+    # A small value is walked, a big one parsed back: both ways must be exact.
+    padded = [list(range(60)), value]
+    assert _outcome(canonical_json, padded) == _outcome(canonical_json_reference, padded)
 
 
 @settings(max_examples=300, deadline=None)
@@ -278,7 +281,9 @@ def test_parsed_values_take_the_short_path_to_the_same_bytes(value: Any) -> None
         [10**400],
     ],
 )
-def test_what_the_c_encoder_would_write_is_refused(value: Any) -> None:
+@pytest.mark.parametrize("padding", [0, 100])  # walked, or parsed back
+def test_what_the_c_encoder_would_write_is_refused(value: Any, padding: int) -> None:
+    value = [[0] * padding, value]
     assert json.dumps(value, sort_keys=True) is not None  # Python's encoder has a form for it
     with pytest.raises(CanonicalJsonError) as fast:
         canonical_json(value)
