@@ -169,6 +169,7 @@ class _Peer:
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)
     link: _Link | None = None
     down_since: float | None = None  # monotonic time our link to it dropped; None while up
+    refused: bool = False  # since the link dropped, a dial found nothing listening (a crash)
     banned_until: float = 0.0
     strikes: int = 0
     duplicate_logged: bool = False
@@ -345,14 +346,17 @@ class PeerNetwork:
         return sorted(p.pubkey for p in self._peers.values() if p.link is not None)
 
     def lost_peers(self, for_s: float) -> frozenset[str]:
-        """Peers we had a link to that dropped at least ``for_s`` ago and has not come back (a
-        crashed process, a cut cable). Peers never reached since we started are not listed:
-        that is no evidence about them, only that we are new."""
+        """Peers we had a link to that dropped and has not come back: at least ``for_s`` ago
+        (a cut cable, a hung host), or at once if a dial since found nothing listening (a
+        crashed process: its port refuses). Peers never reached since we started are not
+        listed: that is no evidence about them, only that we are new."""
         now = time.monotonic()
         return frozenset(
             p.pubkey
             for p in self._peers.values()
-            if p.link is None and p.down_since is not None and now - p.down_since >= for_s
+            if p.link is None
+            and p.down_since is not None
+            and (p.refused or now - p.down_since >= for_s)
         )
 
     def queue_len(self, pubkey: str) -> int:
@@ -663,6 +667,8 @@ class PeerNetwork:
 
     def _dial_failed(self, peer: _Peer, exc: Exception) -> None:
         self.metrics.dial_failures += 1
+        if isinstance(exc, ConnectionRefusedError) and peer.down_since is not None:
+            peer.refused = True  # see lost_peers
         self._log.debug("peer_dial_failed", extra={"peer": peer.pubkey, "error": clip(exc)})
 
     # ---- accept slots -------------------------------------------------------------------------
@@ -831,7 +837,7 @@ class PeerNetwork:
                 _abort(link.writer)
                 return False
         peer.link = link
-        peer.down_since = None
+        peer.down_since, peer.refused = None, False
         self.metrics.connects += 1
         peer.wakeup.set()
         link.tasks = [
@@ -892,7 +898,7 @@ class PeerNetwork:
         peer = self._peers[link.peer]
         if peer.link is link:
             peer.link = None
-            peer.down_since = time.monotonic()
+            peer.down_since, peer.refused = time.monotonic(), False
             self.metrics.disconnects += 1
             self._log.info("peer_disconnected", extra={"peer": link.peer})
 
