@@ -212,11 +212,11 @@ def _decode(wire: Any, tx_id: str | None, parsed: bool) -> ValidTx:
 
 
 def _body_of(wire: Any) -> Mapping[str, Any]:
-    if not isinstance(wire, Mapping):
+    if type(wire) is not dict and not isinstance(wire, Mapping):  # the ABC check is slow
         raise TxError(MALFORMED, "a transaction must be an object with body and sig")
     _exact_fields(wire, _TX_FIELDS, "transaction")
     body = wire["body"]
-    if not isinstance(body, Mapping):
+    if type(body) is not dict and not isinstance(body, Mapping):
         raise TxError(MALFORMED, "body must be an object with chain_id, client, nonce and ops")
     return body
 
@@ -350,7 +350,7 @@ def _where(i: int) -> str:
 
 
 def _decode_op(op: Any, i: int, values_checked: bool) -> Op:
-    if not isinstance(op, Mapping):
+    if type(op) is not dict and not isinstance(op, Mapping):
         raise TxError(MALFORMED, f"{_where(i)} must be an object")
     kind = op.get("op")
     fields = _OP_FIELDS.get(kind) if isinstance(kind, str) else None
@@ -403,7 +403,7 @@ def _key(key: Any, i: int) -> str:
 
 
 def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+    return type(value) is int or (isinstance(value, int) and not isinstance(value, bool))
 
 
 def _exact_fields(
