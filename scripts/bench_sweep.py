@@ -12,8 +12,8 @@ On a running testnet, in one run:
    committed tx/s, commit latency p50/p99 (from the moment a batch was due to the moment its
    block event arrived on ``GET /v1/events``: a generator that fell behind counts against
    the latency instead of hiding it), and the receipt latency p50/p99 of probe transactions
-   sent one at a time with ``?wait=commit`` beside the load (what a client waiting for its
-   receipt with execution certificate sees at that load);
+   sent with ``?wait=commit`` beside the load, one every --probe-interval-ms (what a client
+   waiting for its receipt with execution certificate sees at that load);
 5. the peak resident memory of every node over the whole run.
 
 It prints the figures as one JSON object on stdout (and writes them to --out), a table on
@@ -52,6 +52,7 @@ from bench_common import (
     watch_commits,
 )
 from bench_load import flood
+from yarl import URL
 
 from crypto.hashing import hash_object
 from node.p2p.guard import PLAINTEXT_ENV
@@ -145,6 +146,24 @@ def step_throughput(committed_times: list[float], seconds: float) -> float:
     return (high - low) / span if span > 0 else len(times) / seconds
 
 
+PROBE_ADDRESS = "127.0.0.2"  # any 127/8 address reaches a node listening on 127.0.0.1
+IN_FLIGHT_PER_NODE = 16  # the default limits.http_requests_in_flight_per_ip
+
+
+def _probe_address(target: Target) -> str | None:
+    """The probes' own source address where the nodes listen on loopback (else the system's
+    choice: the probes then share the load's per-client limits)."""
+    hosts = {URL(url).host for url in target.urls}
+    return PROBE_ADDRESS if all(h and h.startswith("127.") for h in hosts) else None
+
+
+def _connector(local_address: str | None = None) -> aiohttp.TCPConnector:
+    return aiohttp.TCPConnector(
+        limit_per_host=IN_FLIGHT_PER_NODE,
+        local_addr=(local_address, 0) if local_address else None,
+    )
+
+
 async def _post_batch(
     session: aiohttp.ClientSession,
     url: str,
@@ -179,28 +198,32 @@ async def _probe(
     target: Target,
     txs: list[dict[str, Any]],
     interval_s: float,
-    until: float,
 ) -> tuple[list[float], int, int]:
-    """One ``wait=commit`` transaction at a time, at most one per ``interval_s``, none sent
-    after ``until``. Returns the sorted latencies, how many probes were still pending when the
-    node stopped waiting (60 s: only far past saturation) and how many lost their connection."""
-    latencies: list[float] = []
-    pending = failed = 0
-    start = time.perf_counter()
-    for i, tx in enumerate(txs):
-        await asyncio.sleep(max(0.0, start + i * interval_s - time.perf_counter()))
-        if time.perf_counter() >= until:
-            break
+    """One ``wait=commit`` transaction every ``interval_s``, each sent on time whether or not
+    the earlier ones were answered (so a slow step still gets its full count of samples).
+    Returns the sorted latencies, how many probes were still pending when the node stopped
+    waiting (60 s: only far past saturation) and how many lost their connection."""
+    outcomes: list[float | str] = []
+
+    async def one(i: int, tx: dict[str, Any]) -> None:
         url = target.urls[i % len(target.urls)]
         try:
-            latencies.append(await receipt_latency(session, url, tx, timeout_ms=60_000))
+            outcomes.append(await receipt_latency(session, url, tx, timeout_ms=60_000))
         except StillPending:
-            pending += 1
+            outcomes.append("pending")
         except aiohttp.ClientConnectionError as e:
             # Counted, not fatal: the step's figures say how many probes it lost.
             _say(f"probe to {url}: {type(e).__name__}: {e}")
-            failed += 1
-    return sorted(latencies), pending, failed
+            outcomes.append("failed")
+
+    tasks = []
+    start = time.perf_counter()
+    for i, tx in enumerate(txs):
+        await asyncio.sleep(max(0.0, start + i * interval_s - time.perf_counter()))
+        tasks.append(asyncio.create_task(one(i, tx)))
+    await asyncio.gather(*tasks)
+    latencies = sorted(o for o in outcomes if isinstance(o, float))
+    return latencies, outcomes.count("pending"), outcomes.count("failed")
 
 
 async def run_step(
@@ -223,11 +246,16 @@ async def run_step(
     rejections: Counter[str] = Counter()
     posts: list[asyncio.Task[None]] = []
     view_before = (await status(target.urls[0]))["view"]
-    connector = aiohttp.TCPConnector(limit=256)
-    async with aiohttp.ClientSession(connector=connector) as session:
+    # A node serves at most 16 requests of one client address at once (node/api/limits.py):
+    # the load keeps to that per node, and the probes come from a second loopback address, as
+    # another client would. Requests waiting for a free connection wait on the clock: latency
+    # runs from the moment a batch was due.
+    async with (
+        aiohttp.ClientSession(connector=_connector()) as session,
+        aiohttp.ClientSession(connector=_connector(_probe_address(target))) as probe_session,
+    ):
         start = time.perf_counter()
-        end = start + step.seconds
-        prober = asyncio.create_task(_probe(session, target, probes, probe_interval_s, end))
+        prober = asyncio.create_task(_probe(probe_session, target, probes, probe_interval_s))
         for k, batch in enumerate(batches):
             due = start + batch.offset_s
             await asyncio.sleep(max(0.0, due - time.perf_counter()))
@@ -352,7 +380,11 @@ def plot(result: dict[str, Any], path: Path) -> None:
         ("receipt_p50_ms", "receipt p50 (wait=commit probe, with execution cert)", "o--"),
         ("receipt_p99_ms", "receipt p99", "s--"),
     ):
-        points = [(xi, s[key]) for xi, s in zip(x, steps, strict=True) if s[key] is not None]
+        points = [
+            (xi, s[key])
+            for xi, s in zip(x, steps, strict=True)
+            if s[key] is not None and (key.startswith("latency") or _enough_probes(s))
+        ]
         if points:
             ax.plot(*zip(*points, strict=True), style, label=label, markersize=4)
     for xi, s in zip(x, steps, strict=True):
@@ -383,6 +415,15 @@ def plot(result: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+MIN_PROBES_TO_PLOT = 20  # a p99 of fewer samples is the maximum of a handful
+
+
+def _enough_probes(step: dict[str, Any]) -> bool:
+    """A step whose probes mostly failed or stayed pending: the table shows its figures, the
+    plot leaves them out."""
+    return int(step["receipt_probes"]) >= MIN_PROBES_TO_PLOT
+
+
 def table(result: dict[str, Any]) -> str:
     """The figures for people (stderr)."""
     lines = [
@@ -393,13 +434,14 @@ def table(result: dict[str, Any]) -> str:
         f"idle receipt latency p50 {result['idle']['receipt_p50_ms']} ms, "
         f"p99 {result['idle']['receipt_p99_ms']} ms",
         f"{'load':>6} {'offered':>8} {'committed':>9} {'p50 ms':>8} {'p99 ms':>8} "
-        f"{'rcpt p50':>8} {'rcpt p99':>8} {'rejected':>8} {'views':>5}",
+        f"{'rcpt p50':>8} {'rcpt p99':>8} {'probes':>6} {'rejected':>8} {'views':>5}",
     ]
     for s in result["steps"]:
         lines.append(
             f"{s['percent']:>5g}% {s['offered_tx_per_s']:>8.0f} {s['committed_tx_per_s']:>9.0f} "
             f"{s['latency_p50_ms']!s:>8} {s['latency_p99_ms']!s:>8} "
-            f"{s['receipt_p50_ms']!s:>8} {s['receipt_p99_ms']!s:>8} {s['rejected']:>8} "
+            f"{s['receipt_p50_ms']!s:>8} {s['receipt_p99_ms']!s:>8} {s['receipt_probes']:>6} "
+            f"{s['rejected']:>8} "
             f"{s['view_changes']:>5}"
         )
     peaks = ", ".join(f"{n} {m} MiB" for n, m in result["rss_peak_mib"].items())
