@@ -45,6 +45,19 @@ class TxChecker(Protocol):
     def __call__(self, tx: Tx) -> bool: ...
 
 
+class KnownTx(Protocol):
+    """The :class:`Tx` this node already decoded for exactly this wire form, or None: spares
+    hashing the transactions of a proposal that reached us before (relayed or submitted).
+
+    It may answer only for ``{"body", "sig"}`` with the same ``sig`` and an equal body, and
+    the Tx it gives is what gets ordered and stored. Should "equal" be loose (Python's
+    ``True == 1``), the Tx's id was computed from its own wire, so a batch whose header was
+    built from other bytes fails its ``tx_root`` check and is refused, never taken otherwise.
+    """
+
+    def __call__(self, wire: Any) -> Tx | None: ...
+
+
 @dataclass(frozen=True)
 class Batch:
     """One batch of transactions at one sequence number; a null batch holds none."""

@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
-from consensus.batch import Batch, Tx, commit_vote_body
+from consensus.batch import Batch, KnownTx, Tx, commit_vote_body
 from consensus.errors import MalformedMessage
 from crypto.canonical import MAX_SAFE_INTEGER, CanonicalJsonError, check_json_value
 from crypto.hexcodec import HASH_HEX_LEN, KEY_HEX_LEN, SIGNATURE_HEX_LEN, is_hex
@@ -383,8 +383,10 @@ def _typed(wire: Any, type_name: str, keys: frozenset[str]) -> Mapping[str, Any]
 _HEADER_KEYS = frozenset({"chain_id", "seq", "time_ms", "tx_count", "tx_root"})
 
 
-def decode_batch(wire: Any) -> Batch:
-    """A batch's wire form ``{"header", "txs"}``; the header must match the transactions."""
+def decode_batch(wire: Any, known_tx: KnownTx | None = None) -> Batch:
+    """A batch's wire form ``{"header", "txs"}``; the header must match the transactions.
+    ``known_tx`` (see :data:`KnownTx`) spares hashing the transactions this node decoded
+    before."""
     batch = _exact_keys(wire, frozenset({"header", "txs"}), "batch")
     header = _exact_keys(batch["header"], _HEADER_KEYS, "batch header")
     chain_id = _chain_id(header)
@@ -397,6 +399,10 @@ def decode_batch(wire: Any) -> Batch:
         raise _fail("tx_count_mismatch", f"header says {tx_count}, batch holds {len(raw_txs)}")
     txs: list[Tx] = []
     for raw in raw_txs:
+        known = known_tx(raw) if known_tx is not None else None
+        if known is not None:
+            txs.append(known)
+            continue
         try:
             check_json_value(raw)
             txs.append(Tx.from_wire(raw))
@@ -422,10 +428,10 @@ def _vote_fields(wire: Mapping[str, Any]) -> tuple[str, int, int, str]:
 _VOTE_KEYS = frozenset({"type", "chain_id", "view", "seq", "digest", *_SIGNED_FIELDS})
 
 
-def _decode_pre_prepare(wire: Any) -> PrePrepare:
+def _decode_pre_prepare(wire: Any, known_tx: KnownTx | None = None) -> PrePrepare:
     checked = _typed(wire, PrePrepare.TYPE, _VOTE_KEYS | {"batch"})
     chain_id, view, seq, digest = _vote_fields(checked)
-    batch = None if checked["batch"] is None else decode_batch(checked["batch"])
+    batch = None if checked["batch"] is None else decode_batch(checked["batch"], known_tx)
     if batch is not None:
         if batch.chain_id != chain_id or batch.seq != seq:
             raise _fail("batch_mismatch", "the batch header names another chain or seq")
@@ -543,8 +549,9 @@ _DECODERS: dict[str, Callable[[Any], Message]] = {
 }
 
 
-def decode_message(wire: Any) -> Message:
-    """Turn an untrusted wire dict into a message, or raise MalformedMessage saying why."""
+def decode_message(wire: Any, known_tx: KnownTx | None = None) -> Message:
+    """Turn an untrusted wire dict into a message, or raise MalformedMessage saying why.
+    ``known_tx`` serves a PRE-PREPARE's transactions this node decoded before."""
     if not isinstance(wire, Mapping):
         raise _fail("not_an_object", "a message must be a JSON object")
     type_name = wire.get("type")
@@ -552,6 +559,8 @@ def decode_message(wire: Any) -> Message:
     if decoder is None:
         raise _fail("unknown_type", f"unknown message type {type_name!r}")
     try:
+        if type_name == PrePrepare.TYPE and known_tx is not None:
+            return _decode_pre_prepare(wire, known_tx)
         return decoder(wire)
     except MalformedMessage:
         raise

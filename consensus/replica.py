@@ -19,7 +19,7 @@ from itertools import islice
 from typing import Any, TypeVar
 
 from consensus import records as rec
-from consensus.batch import Batch, Tx, TxChecker, block_hash, commit_vote_body
+from consensus.batch import Batch, KnownTx, Tx, TxChecker, block_hash, commit_vote_body
 from consensus.config import ReplicaConfig
 from consensus.errors import InvariantViolation, MalformedMessage, invariant
 from consensus.log import Slot
@@ -122,11 +122,13 @@ class Replica:
         head_hash: str | None = None,
         last_exec_time_ms: int = 0,
         executed_batch: Callable[[int], Batch | None] | None = None,
+        known_tx: KnownTx | None = None,
     ) -> None:
         self._config = config
         self._signer = signer
         self._verifier = verifier
         self._tx_checker = tx_checker
+        self._known_tx = known_tx
         # Which of these tx_ids the ledger holds: asked once per batch or request set, so that
         # the node answers from one read snapshot instead of one per transaction.
         self._committed_among = committed_among
@@ -317,7 +319,7 @@ class Replica:
 
     def _authenticate(self, wire: dict[str, Any]) -> Message | None:
         try:
-            message = decode_message(wire)
+            message = decode_message(wire, self._known_tx)
         except MalformedMessage as exc:
             self._drop(_claimed_sender(wire), f"malformed:{exc.reason}")
             return None

@@ -372,6 +372,22 @@ class Pool:
 
     # ---- the replica's check ----------------------------------------------------------------
 
+    def known_tx(self, wire: Any) -> Tx | None:
+        """The pending :class:`Tx` of exactly this verified wire form, or None (the replica's
+        :data:`consensus.batch.KnownTx`): a proposal's transactions relayed to us before are
+        not serialised and hashed once more."""
+        if type(wire) is not dict or len(wire) != 2:
+            return None
+        sig = wire.get("sig")
+        tx_id = self._verified.get(sig) if type(sig) is str else None
+        entry = self._pending.get(tx_id) if tx_id is not None else None
+        if entry is None:
+            return None
+        known = entry.tx.wire
+        if known.get("sig") != sig or known.get("body") != wire.get("body"):
+            return None
+        return entry.tx
+
     def tx_checker(self, tx: Tx) -> bool:
         """True if ``tx`` is well formed, validly signed and of this chain: a cache hit for any
         transaction this node verified before (only this chain's are cached), else a

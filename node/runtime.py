@@ -163,6 +163,7 @@ class NodeRuntime:
                 # Batch times never go back across a restart; executed batches stay servable.
                 last_exec_time_ms=last_batch_time(self.store, head_seq),
                 executed_batch=lambda seq: executed_batch(self.store, seq),
+                known_tx=self.pool.known_tx,
             )
         except (StoreError, InvariantViolation) as exc:
             # Damaged consensus records: restarting without them could make us sign twice.
