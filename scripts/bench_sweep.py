@@ -425,27 +425,28 @@ def _enough_probes(step: dict[str, Any]) -> bool:
 
 
 def table(result: dict[str, Any]) -> str:
-    """The figures for people (stderr)."""
+    """The figures for people (stderr), as Markdown: the README shows them beside the plot."""
+    peak, idle = result["peak"], result["idle"]
     lines = [
-        f"signature limit {result['signature_limit_tx_per_s']} tx/s "
-        f"({result['cores']} cores, peer links {result['peer_links']}); peak "
-        f"{result['peak']['committed_tx_per_s']} tx/s "
-        f"(ratio {result['peak']['ratio_to_signature_limit']})",
-        f"idle receipt latency p50 {result['idle']['receipt_p50_ms']} ms, "
-        f"p99 {result['idle']['receipt_p99_ms']} ms",
-        f"{'load':>6} {'offered':>8} {'committed':>9} {'p50 ms':>8} {'p99 ms':>8} "
-        f"{'rcpt p50':>8} {'rcpt p99':>8} {'probes':>6} {'rejected':>8} {'views':>5}",
+        f"`{result['command']}`: {result['cores']} cores, peer links {result['peer_links']}, "
+        f"signature limit {result['signature_limit_tx_per_s']} tx/s; peak (flood) "
+        f"{peak['committed_tx_per_s']:.0f} tx/s = {peak['ratio_to_signature_limit']:.2f} of "
+        f"the limit; idle receipt latency p50 {idle['receipt_p50_ms']} ms, "
+        f"p99 {idle['receipt_p99_ms']} ms ({idle['txs']} one at a time).",
+        "",
+        "| offered | tx/s offered | tx/s committed | commit p50 ms | commit p99 ms "
+        "| receipt p50 ms | receipt p99 ms | probes | rejected | view changes |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for s in result["steps"]:
         lines.append(
-            f"{s['percent']:>5g}% {s['offered_tx_per_s']:>8.0f} {s['committed_tx_per_s']:>9.0f} "
-            f"{s['latency_p50_ms']!s:>8} {s['latency_p99_ms']!s:>8} "
-            f"{s['receipt_p50_ms']!s:>8} {s['receipt_p99_ms']!s:>8} {s['receipt_probes']:>6} "
-            f"{s['rejected']:>8} "
-            f"{s['view_changes']:>5}"
+            f"| {s['percent']:g}% | {s['offered_tx_per_s']:.0f} | {s['committed_tx_per_s']:.0f} "
+            f"| {s['latency_p50_ms']} | {s['latency_p99_ms']} | {s['receipt_p50_ms']} "
+            f"| {s['receipt_p99_ms']} | {s['receipt_probes']} | {s['rejected']} "
+            f"| {s['view_changes']} |"
         )
-    peaks = ", ".join(f"{n} {m} MiB" for n, m in result["rss_peak_mib"].items())
-    lines.append(f"peak RSS: {peaks} (limit {result['rss_limit_mib']} MiB)")
+    peaks = ", ".join(f"{n} {m}" for n, m in result["rss_peak_mib"].items())
+    lines += ["", f"Peak RSS (MiB, limit {result['rss_limit_mib']}): {peaks}."]
     return "\n".join(lines)
 
 

@@ -159,7 +159,9 @@ def test_plot_writes_a_png_and_table_lists_every_step(tmp_path: Path) -> None:
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert path.stat().st_size > 10_000
     text = bench_sweep.table(_result())
-    assert "   10%" in text and "  120%" in text and "node0 100.0 MiB" in text
+    assert "| 10% | 200 | 200 | 8.1 | 20.3 | 9.0 | 25.0 | 160 | 0 | 0 |" in text
+    assert "| 120% | 200 | 1900 | 8.1 | 4000.0 | None | None | 160 | 0 | 0 |" in text
+    assert "node0 100.0." in text and "`scripts/bench --sweep`" in text
 
 
 def test_command_line_leaves_out_the_temporary_testnet_dir() -> None:
