@@ -790,6 +790,12 @@ class LedgerStore:
     def balance(self, pubkey: str) -> int:
         return self._read(lambda s: s.balance(pubkey))
 
+    def balances(self, pubkeys: Collection[str]) -> dict[str, int]:
+        """The balance of each of ``pubkeys``, read in one snapshot."""
+        if not pubkeys:
+            return {}
+        return self._read(lambda s: {pubkey: s.balance(pubkey) for pubkey in pubkeys})
+
     def load_records(self) -> list[Record]:
         """Every persisted consensus record, in key order. :class:`StoreError` if one does not
         decode (a node must not restart without what it signed)."""

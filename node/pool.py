@@ -115,7 +115,7 @@ class Pool:
     def __init__(
         self,
         rules: ChainRules,
-        balance_of: Callable[[str], int],
+        balances_of: Callable[[Collection[str]], Mapping[str, int]],
         capacity: int = CAPACITY_DEFAULT,
         on_accepted: Callable[[list[Tx], bool], None] | None = None,
         committed_among: Callable[[Collection[str]], Collection[str]] | None = None,
@@ -129,7 +129,8 @@ class Pool:
             raise ValueError("pool capacity, verified_max and workers must be positive")
         self.capacity = capacity
         self._rules = rules
-        self._balance_of = balance_of  # the client's balance as of the last executed block
+        # Clients' balances as of the last executed block (one read snapshot per submission).
+        self._balances_of = balances_of
         self._on_accepted = on_accepted
         # Which of these tx_ids the ledger holds (one read snapshot for a whole submission).
         self._committed_among = committed_among if committed_among is not None else _none
@@ -208,19 +209,20 @@ class Pool:
         if to_verify:
             verdicts = await self._verify_many([tx for _, tx in to_verify])
             # Decided after the await, against the pool and the ledger as they are now.
-            committed = self._committed_among(
-                [
-                    tx.tx_id
-                    for (_, tx), error in zip(to_verify, verdicts, strict=True)
-                    if error is None and tx.tx_id not in self._pending
-                ]
-            )
+            fresh = [
+                tx
+                for (_, tx), error in zip(to_verify, verdicts, strict=True)
+                if error is None and tx.tx_id not in self._pending
+            ]
+            committed = self._committed_among([tx.tx_id for tx in fresh])
+            payers = {tx.client for tx in fresh if tx.fee(self._rules.fee_per_byte)}
+            balances = self._balances_of(payers) if payers else {}
             for (i, tx), error in zip(to_verify, verdicts, strict=True):
                 if error is None:
                     error = self._chain_error(tx)
                 if error is None:
                     self._remember_verified(tx.tx_id, tx.sig)
-                    results[i] = self._admit(tx, accepted, committed)
+                    results[i] = self._admit(tx, accepted, committed, balances)
                 else:
                     results[i] = _refused(error)
         if accepted and self._on_accepted is not None:
@@ -256,16 +258,23 @@ class Pool:
             return exc
         return None
 
-    def _admit(self, tx: ValidTx, accepted: list[Tx], committed: Collection[str]) -> SubmitResult:
+    def _admit(
+        self,
+        tx: ValidTx,
+        accepted: list[Tx],
+        committed: Collection[str],
+        balances: Mapping[str, int],
+    ) -> SubmitResult:
         """Add a verified transaction of this chain, unless it is already pending or committed
-        (in ``committed``), if its client can pay its fee beside its other pending ones."""
+        (in ``committed``), if its client can pay its fee (``balances``: committed balances of
+        the paying clients) beside its other pending ones."""
         if tx.tx_id in self._pending:
             return SubmitResult(tx.tx_id, STATUS_PENDING)
         if tx.tx_id in committed:
             return SubmitResult(tx.tx_id, STATUS_COMMITTED)
         fee = tx.fee(self._rules.fee_per_byte)
         if fee:
-            balance = self._balance_of(tx.client)
+            balance = balances[tx.client]
             reserved = self._pending_fees.get(tx.client, 0)
             if balance - reserved < fee:
                 return SubmitResult(

@@ -141,7 +141,7 @@ class NodeRuntime:
         self.evidence = NodeEvidence(self.genesis, self.store, self.metrics.registry)
         self.pool = Pool(
             ChainRules.of(self.genesis),
-            self.store.balance,
+            self.store.balances,
             capacity=config.limits.pending_pool_max,
             on_accepted=self._on_txs_accepted,
             committed_among=self.store.committed_among,

@@ -49,7 +49,7 @@ class ApiHarness:
         self.accepted: list[Tx] = []
         self.pool = Pool(
             ChainRules.of(self.genesis),
-            self.store.balance,
+            self.store.balances,
             capacity=pool_capacity,
             on_accepted=lambda txs, relay: self.accepted.extend(txs),
             committed_among=self.store.committed_among,

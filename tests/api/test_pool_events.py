@@ -24,7 +24,11 @@ from tests.ledger.helpers import ALICE, BOB, CAROL, CHAIN_ID, sign_tx, tx
 def make_pool(fee_per_byte: int = 0, balances: dict[str, int] | None = None, **kw: Any) -> Pool:
     """A pool for this test chain; balances as the ledger would answer them."""
     table = balances or {}
-    return Pool(ChainRules(CHAIN_ID, fee_per_byte), lambda pubkey: table.get(pubkey, 0), **kw)
+    return Pool(
+        ChainRules(CHAIN_ID, fee_per_byte),
+        lambda pubkeys: {pubkey: table.get(pubkey, 0) for pubkey in pubkeys},
+        **kw,
+    )
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from tests.ledger.helpers import ALICE, CHAIN_ID, VALIDATORS, sign_tx
 
 
 def _pool_with(wire: dict[str, Any]) -> Pool:
-    pool = Pool(ChainRules(CHAIN_ID, 0), lambda _pubkey: 0)
+    pool = Pool(ChainRules(CHAIN_ID, 0), lambda pubkeys: dict.fromkeys(pubkeys, 0))
     (result,) = asyncio.run(pool.submit([wire]))
     assert result.ok
     return pool
