@@ -187,40 +187,36 @@ def _small_and_plain(value: Any) -> bool:
     """True if ``value`` has at most ``_SMALL`` members in all, of exactly the types dict (with
     str keys), list, tuple, str, bool, None and int within ±(2^53 - 1): then the C encoder's text
     needs no parse-back. False means "not known", and the parse-back decides."""
+    kind = type(value)
+    if kind is not dict and kind is not list and kind is not tuple:
+        return _is_plain_scalar(value)
     stack = [value]
     budget = _SMALL
     while stack:
         container = stack.pop()
-        kind = type(container)
-        if kind is dict:
-            budget -= len(container)
-            if budget < 0:
-                return False
-            for key, member in container.items():
-                if type(key) is not str or not _plain_or_pushed(member, stack):
-                    return False
-        elif kind is list or kind is tuple:
-            budget -= len(container)
-            if budget < 0:
-                return False
-            for member in container:
-                if not _plain_or_pushed(member, stack):
-                    return False
-        elif not _is_plain_scalar(container):
+        budget -= len(container)
+        if budget < 0:
             return False
+        if type(container) is dict:
+            for key in container:
+                if type(key) is not str:
+                    return False
+            members = container.values()
+        else:
+            members = container
+        # Inlined (no call per member): this walk is on the path of every vote and header.
+        for member in members:
+            kind = type(member)
+            if kind is str or kind is bool or member is None:
+                continue
+            if kind is int:
+                if not -MAX_SAFE_INTEGER <= member <= MAX_SAFE_INTEGER:
+                    return False
+            elif kind is dict or kind is list or kind is tuple:
+                stack.append(member)
+            else:
+                return False
     return True
-
-
-def _plain_or_pushed(member: Any, stack: list[Any]) -> bool:
-    kind = type(member)
-    if kind is str or kind is bool or member is None:
-        return True
-    if kind is int:
-        return bool(-MAX_SAFE_INTEGER <= member <= MAX_SAFE_INTEGER)
-    if kind is dict or kind is list or kind is tuple:
-        stack.append(member)
-        return True
-    return False
 
 
 def _is_plain_scalar(value: Any) -> bool:
