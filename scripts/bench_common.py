@@ -135,6 +135,10 @@ class StillPending(Exception):
     """``POST /v1/tx?wait=commit`` answered 202: not committed within its ``timeout_ms``."""
 
 
+class Refused(Exception):
+    """The node answered 429 (overloaded): it did not take the transaction."""
+
+
 async def receipt_latency(
     session: aiohttp.ClientSession, url: str, tx: dict[str, Any], timeout_ms: int = 10_000
 ) -> float:
@@ -148,6 +152,8 @@ async def receipt_latency(
     elapsed = time.perf_counter() - start
     if response.status == 202 and body.get("status") == "pending":
         raise StillPending(f"{body['tx_id']} not committed within {timeout_ms} ms")
+    if response.status == 429:
+        raise Refused(f"429 {body.get('error')}: {body.get('detail')}")
     if response.status != 200 or body.get("status") != "committed":
         raise RuntimeError(f"POST /v1/tx?wait=commit answered {response.status}: {body}")
     if not body.get("receipt", {}).get("execution"):

@@ -37,6 +37,7 @@ from typing import Any
 
 import aiohttp
 from bench_common import (
+    Refused,
     StillPending,
     Target,
     head_seq,
@@ -98,7 +99,7 @@ class StepResult:
     latency_p99_ms: float | None
     receipt_probes: int
     receipt_probes_pending: int  # no receipt within 60 s
-    receipt_probes_failed: int  # the connection failed (each one is also said on stderr)
+    receipt_probes_failed: int  # connection lost or refused with 429 (said on stderr)
     receipt_p50_ms: float | None
     receipt_p99_ms: float | None
     view_changes: int  # views node0 moved through during the step (0 in a healthy run)
@@ -202,19 +203,23 @@ async def _probe(
     """One ``wait=commit`` transaction every ``interval_s``, each sent on time whether or not
     the earlier ones were answered (so a slow step still gets its full count of samples).
     Returns the sorted latencies, how many probes were still pending when the node stopped
-    waiting (60 s: only far past saturation) and how many lost their connection."""
-    outcomes: list[float | str] = []
+    waiting (60 s: only far past saturation) and how many failed (connection lost, or refused
+    with 429); the failures are summed up on stderr."""
+    latencies: list[float] = []
+    pending = 0
+    failures: Counter[str] = Counter()
 
     async def one(i: int, tx: dict[str, Any]) -> None:
+        nonlocal pending
         url = target.urls[i % len(target.urls)]
         try:
-            outcomes.append(await receipt_latency(session, url, tx, timeout_ms=60_000))
+            latencies.append(await receipt_latency(session, url, tx, timeout_ms=60_000))
         except StillPending:
-            outcomes.append("pending")
+            pending += 1
+        except Refused as e:
+            failures[str(e)] += 1
         except aiohttp.ClientConnectionError as e:
-            # Counted, not fatal: the step's figures say how many probes it lost.
-            _say(f"probe to {url}: {type(e).__name__}: {e}")
-            outcomes.append("failed")
+            failures[f"{type(e).__name__}: {e}"] += 1
 
     tasks = []
     start = time.perf_counter()
@@ -222,8 +227,9 @@ async def _probe(
         await asyncio.sleep(max(0.0, start + i * interval_s - time.perf_counter()))
         tasks.append(asyncio.create_task(one(i, tx)))
     await asyncio.gather(*tasks)
-    latencies = sorted(o for o in outcomes if isinstance(o, float))
-    return latencies, outcomes.count("pending"), outcomes.count("failed")
+    for failure, count in failures.items():
+        _say(f"{count} probe(s) failed: {failure}")
+    return sorted(latencies), pending, sum(failures.values())
 
 
 async def run_step(
