@@ -31,7 +31,7 @@ LONE_CERTIFICATE_SHARE = 0.3
 # Lost-link reports to the replicas (``lost_links``): a stream of its own as well.
 LOST_LINKS_STREAM = 0x1057_11E5
 LOST_LINKS_SHARE = 0.5
-LOST_LINK_LIE_CHOICES = (0.0, 0.01, 0.05)
+LOST_LINK_LIE_CHOICES = (0.0, 0.003, 0.01)
 
 # Liveness bound. After the fault window ends (tick W_end, when the network heals and crashed
 # replicas restart), every valid transaction submitted so far or later must be executed by every
