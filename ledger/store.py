@@ -1054,7 +1054,9 @@ class LedgerStore:
     ) -> None:
         db = self._dbs["records"]
         for record in records:
-            txn.put(record.key.encode("utf-8"), _jcs(record.value), db=db)
+            # Compact JSON, not JCS: records are read back, never hashed, and a batch record
+            # holds a whole batch (JCS cost a backup 4% of its time under load).
+            txn.put(record.key.encode("utf-8"), _dump(record.value), db=db)
         if discard_below is None:
             return
         doomed = []

@@ -234,7 +234,7 @@ def test_failed_block_write_leaves_nothing(store: LedgerStore, genesis: Genesis)
     # A record whose value cannot be written as JSON fails inside the write transaction,
     # after the block's state changes: all of it must be rolled back.
     with pytest.raises(Exception, match="float"):
-        store.append_block(bad, records=[Record("r", {"x": 0.5})])
+        store.append_block(bad, records=[Record("r", {"x": float("nan")})])
     assert store.head()[0] == 1
     assert store.get_state("k") is None
     assert store.block(2) is None
