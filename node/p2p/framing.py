@@ -9,12 +9,13 @@ deeper than 64 and invalid UTF-8 are refused) is the peer's fault: the reader ra
 Decoding is the expensive part of a frame (a payload of a million ``{}`` took seconds through
 the generic checker), so :func:`decode_payload` decides with C-level operations only: the C
 parser, then re-encoding the value and comparing it with the payload. Honest senders write JCS
-(:func:`encode_frame`), so a payload that differs is refused as ``not_canonical`` (the one
-exception, keys beyond the Basic Multilingual Plane, where Python and JCS sort differently, goes
-to the exact checker :func:`crypto.canonical.parse_json`), and so is any integer beyond
-±(2^53 - 1) and nesting deeper than the canonical form allows (found by byte counting; exactly
-one level too deep also goes to the exact checker). So an attacker can no longer make a frame
-cost more than the C parser's time. The caller runs decoding off the event loop
+(:func:`encode_frame`, with that same C encoder whenever the bytes show it gave JCS), so a
+payload that differs is refused as ``not_canonical`` (the one exception, keys beyond the Basic
+Multilingual Plane, where Python and JCS sort differently, goes to the exact checker
+:func:`crypto.canonical.parse_json`), and so is any integer beyond ±(2^53 - 1) and nesting
+deeper than the canonical form allows (found by byte counting; exactly one level too deep also
+goes to the exact checker). So an attacker can no longer make a frame cost more than the C
+parser's time. The caller runs decoding of large frames off the event loop
 (``node.p2p.peers``).
 """
 
@@ -39,6 +40,7 @@ CANONICAL_DEPTH_MAX = 64  # crypto.canonical refuses values nested deeper
 
 _HEADER = struct.Struct(">I")
 _LONG_NUMBER = re.compile(rb"[0-9]{16,}")
+_FLOAT_NUMBER = re.compile(rb"[0-9][.eE]")  # outside strings: a fraction or an exponent
 _CURLY_TO_SQUARE = bytes.maketrans(b"{}", b"[]")
 _NOT_BRACKETS = bytes(set(range(256)) - set(b"[]{}"))
 
@@ -65,10 +67,40 @@ def encode_frame(message: dict[str, Any], frame_max: int = FRAME_MAX_DEFAULT) ->
     ``frame_max`` and ``CanonicalJsonError`` if ``message`` has no canonical form (our bug)."""
     if not isinstance(message, dict):
         raise TypeError(f"a peer message is a dict, got {type(message).__name__}")
-    payload = canonical_json(message)
+    payload = _sorted_compact(message)
+    if not _is_plainly_canonical(payload):
+        payload = canonical_json(message)  # the exact encoder decides (and refuses)
     if len(payload) > frame_max:
         raise FrameTooLarge(len(payload), frame_max)
     return _HEADER.pack(len(payload)) + payload
+
+
+_sorted_compact_text = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+).encode
+
+
+def _sorted_compact(message: dict[str, Any]) -> bytes:
+    """What the receiver's :func:`_fast_decode` re-encodes a payload to: the C encoder's form,
+    many times cheaper than walking the value in Python (a PRE-PREPARE carries a whole batch)."""
+    try:
+        return _sorted_compact_text(message).encode("utf-8")
+    except (TypeError, ValueError, RecursionError, UnicodeError):
+        return b""  # not plain JSON at all: the exact encoder says why
+
+
+def _is_plainly_canonical(payload: bytes) -> bool:
+    """Whether the C encoder's form is JCS, decided on the bytes, as :func:`_fast_decode` does:
+    no float, no integer beyond 2^53 - 1, no key order Python and JCS could disagree on
+    (characters beyond the Basic Multilingual Plane) and no nesting deeper than JCS allows."""
+    if not payload or any(lead in payload for lead in _ASTRAL_LEADS):
+        return False
+    structure = _outside_strings(payload)
+    if _FLOAT_NUMBER.search(structure):
+        return False
+    if any(int(n.group()) > MAX_SAFE_INTEGER for n in _LONG_NUMBER.finditer(structure)):
+        return False
+    return _nesting(structure, CANONICAL_DEPTH_MAX) <= CANONICAL_DEPTH_MAX
 
 
 def _no_float(text: str) -> Any:

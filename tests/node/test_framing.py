@@ -8,6 +8,8 @@ import time
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from crypto.canonical import CanonicalJsonError, canonical_json, parse_json
 from node.p2p.framing import FrameError, FrameTooLarge, decode_payload, encode_frame, read_frame
@@ -153,3 +155,49 @@ def test_a_frame_of_millions_of_empty_objects_costs_only_the_c_parser() -> None:
         decode_payload(spaced)
     # The exact checker alone took about 1.5 s of CPU for the first one.
     assert time.thread_time() - started < 1.5
+
+
+_SCALARS = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**60), max_value=2**60)
+    | st.floats(allow_nan=False)
+    | st.text(alphabet=st.characters(blacklist_categories=("Cs",)))
+)
+_KEYS = st.text(max_size=3) | st.sampled_from(["\U0001f600", "\ufb33", "\ue000", "a", "\r"])
+_VALUES = st.recursive(
+    _SCALARS,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_KEYS, inner, max_size=4),
+    max_leaves=20,
+)
+
+
+def _exact_frame(message: dict[str, Any]) -> bytes | str:
+    try:
+        payload = canonical_json(message)
+    except CanonicalJsonError:
+        return "refused"
+    return struct.pack(">I", len(payload)) + payload
+
+
+def _frame(message: dict[str, Any]) -> bytes | str:
+    try:
+        return encode_frame(message, frame_max=1 << 30)
+    except CanonicalJsonError:
+        return "refused"
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.dictionaries(_KEYS, _VALUES, max_size=5))
+def test_encoding_with_the_c_encoder_gives_exactly_jcs(message: dict[str, Any]) -> None:
+    """encode_frame takes the C encoder's bytes only when they are JCS: for every value, the
+    same frame as the exact encoder, or the same refusal (floats, integers past 2^53 - 1)."""
+    assert _frame(message) == _exact_frame(message)
+
+
+@pytest.mark.parametrize("depth", [DEEP - 1, DEEP, DEEP + 1])
+def test_encoding_deep_values_gives_exactly_jcs(depth: int) -> None:
+    value: Any = 1
+    for _ in range(depth - 1):
+        value = [value]
+    assert _frame({"x": value}) == _exact_frame({"x": value})
