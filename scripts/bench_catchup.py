@@ -13,12 +13,15 @@ verify rate for scale.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -45,6 +48,43 @@ def _profile(cluster: Cluster, out: Path) -> subprocess.Popen[bytes]:
     command = [str(py_spy), "record", "--subprocesses", "-f", "raw", "-o", str(out)]
     command += ["-p", str(harness.pid_of(cluster, "node3"))]
     return subprocess.Popen(command, stdout=subprocess.DEVNULL)
+
+
+@dataclass(frozen=True)
+class CpuSeconds:
+    """CPU time (user + system) of a node: its main thread (event loop: the replica, executing
+    blocks), its other threads, and its child processes (the verify workers)."""
+
+    main: float
+    threads: float
+    children: float
+
+    def __sub__(self, other: CpuSeconds) -> CpuSeconds:
+        return CpuSeconds(
+            self.main - other.main, self.threads - other.threads, self.children - other.children
+        )
+
+
+def _cpu_of_stat(path: Path) -> float:
+    # /proc/.../stat: utime and stime are fields 14 and 15, after the ")" closing the name.
+    fields = path.read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> CpuSeconds:
+    """Linux only: read from /proc."""
+    main = _cpu_of_stat(Path(f"/proc/{pid}/task/{pid}/stat"))
+    total = _cpu_of_stat(Path(f"/proc/{pid}/stat"))
+    children = 0.0
+    pending = [pid]
+    while pending:  # every descendant (the forkserver, and the workers it forks)
+        parent = pending.pop()
+        for task in Path(f"/proc/{parent}/task").iterdir():
+            for child in (task / "children").read_text().split():
+                pending.append(int(child))
+                with contextlib.suppress(OSError):
+                    children += _cpu_of_stat(Path(f"/proc/{child}/stat"))
+    return CpuSeconds(main, total - main, children)
 
 
 def main() -> int:
@@ -90,10 +130,13 @@ def main() -> int:
         spawned = time.monotonic()
         cluster.start("node3")
         ready = time.monotonic()
+        pid = harness.pid_of(cluster, "node3")
+        cpu_before = cpu_seconds(pid)
         profiler = None if args.profile is None else _profile(cluster, args.profile)
         while (cluster.status("node3") or {}).get("seq", 0) < head:
             time.sleep(0.02)
         done = time.monotonic()
+        cpu = cpu_seconds(pid) - cpu_before
         if profiler is not None:
             profiler.send_signal(signal.SIGINT)  # py-spy writes its file when interrupted
             profiler.wait(timeout=60)
@@ -109,7 +152,18 @@ def main() -> int:
         f"in {seconds:.2f} s after start-up ({ready - spawned:.2f} s): "
         f"{head / seconds:.0f} blocks/s, {txs / seconds:.0f} tx/s verified and applied"
     )
-    print(f"bench-catchup: for scale, one core verifies {verify_rate():.0f} Ed25519 sig/s")
+    rate = verify_rate()
+    print(
+        f"bench-catchup: for scale, one core verifies {rate:.0f} Ed25519 sig/s; "
+        f"catch-up / verify rate = {txs / seconds / rate:.2f}"
+    )
+    per_tx = 1e6 / max(1, txs)
+    print(
+        f"bench-catchup: node3 CPU while catching up: main thread {cpu.main:.2f} s "
+        f"({cpu.main * per_tx:.0f} us/tx), other threads {cpu.threads:.2f} s "
+        f"({cpu.threads * per_tx:.0f} us/tx), worker processes {cpu.children:.2f} s "
+        f"({cpu.children * per_tx:.0f} us/tx); one verify costs {1e6 / rate:.0f} us"
+    )
     if args.dir is None:
         shutil.rmtree(base, ignore_errors=True)
     return 0
