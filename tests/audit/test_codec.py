@@ -31,7 +31,7 @@ values = st.recursive(
 )
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(values)
 def test_fast_jcs_equals_canonical_json(value: Any) -> None:
     assert canonical_bytes(value) == canonical_json_reference(value)

@@ -238,7 +238,7 @@ def _outcome(encode: Callable[[Any], bytes], value: Any) -> tuple[str, Any]:
         return "refused", str(exc)
 
 
-@settings(max_examples=600, deadline=None)
+@settings(max_examples=400, deadline=None)
 @given(_values)
 def test_fast_encoder_equals_the_reference_bytes_and_errors(value: Any) -> None:
     assert _outcome(canonical_json, value) == _outcome(canonical_json_reference, value)
@@ -381,7 +381,7 @@ def _parse_outcome(parse: Callable[[bytes | str], Any], data: bytes | str) -> tu
     return "ok", (value, canonical_json_reference(value))
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(_json_texts, st.booleans())
 def test_parse_json_equals_its_reference(text: str, as_bytes: bool) -> None:
     data: bytes | str = text.encode("utf-8", "surrogatepass") if as_bytes else text
