@@ -406,6 +406,8 @@ def plot(result: dict[str, Any], path: Path) -> None:
     limit = result["signature_limit_tx_per_s"]
     ax.axvline(limit, color="red", linestyle=":", label=f"signature limit {limit} tx/s")
     ax.axvline(limit / 2, color="grey", linestyle=":", label=f"half the limit {limit // 2} tx/s")
+    peak = result["peak"]["committed_tx_per_s"]
+    ax.axvline(peak, color="green", linestyle="--", label=f"peak (flood) {peak:.0f} tx/s")
     ax.set_yscale("log")
     ax.set_xlim(left=0, right=max([limit * 1.05, *x]))
     ax.set_xlabel("committed tx/s")
