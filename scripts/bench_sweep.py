@@ -13,7 +13,8 @@ On a running testnet, in one run:
    block event arrived on ``GET /v1/events``: a generator that fell behind counts against
    the latency instead of hiding it), and the receipt latency p50/p99 of probe transactions
    sent with ``?wait=commit`` beside the load, one every --probe-interval-ms (what a client
-   waiting for its receipt with execution certificate sees at that load);
+   waiting for its receipt with execution certificate sees at that load; the probes are part
+   of the step's offered rate, at most a quarter of it);
 5. the peak resident memory of every node over the whole run.
 
 It prints the figures as one JSON object on stdout (and writes them to --out), a table on
@@ -89,12 +90,12 @@ class Batch:
 @dataclass
 class StepResult:
     percent: float
-    offered_tx_per_s: float
-    submitted: int
+    offered_tx_per_s: float  # the load and the probes together
+    submitted: int  # by the load (submitted, rejected, committed: the load's transactions)
     rejected: int
     rejected_by_error: dict[str, int]  # error code (429 answers: "429 <code>") -> transactions
     committed: int
-    committed_tx_per_s: float
+    committed_tx_per_s: float  # the load's and the probes' commits
     latency_p50_ms: float | None
     latency_p99_ms: float | None
     receipt_probes: int
@@ -240,13 +241,18 @@ async def run_step(
     probe_interval_s: float,
     drain_s: float,
 ) -> StepResult:
+    # The probes are part of the step's offered load (at most a quarter of it), so that the
+    # step offers its rate in all and its committed tx/s counts everything it committed.
+    probe_rate = min(1 / probe_interval_s, step.rate / 4)
+    load = Step(step.percent, step.rate - probe_rate, step.seconds)
     tag = f"sweep-{time.time_ns()}"
-    txs = make_transactions(target.client, target.chain_id, step.count, tag)
+    txs = make_transactions(target.client, target.chain_id, load.count, tag)
     ids = [hash_object(tx["body"]) for tx in txs]
     probes = make_transactions(
-        target.client, target.chain_id, int(step.seconds / probe_interval_s), f"{tag}-probe"
+        target.client, target.chain_id, int(step.seconds * probe_rate), f"{tag}-probe"
     )
-    batches = schedule(step, interval_s)
+    probe_ids = [hash_object(tx["body"]) for tx in probes]
+    batches = schedule(load, interval_s)
     accepted: list[str] = []
     due_at: dict[str, float] = {}
     rejections: Counter[str] = Counter()
@@ -261,7 +267,7 @@ async def run_step(
         aiohttp.ClientSession(connector=_connector(_probe_address(target))) as probe_session,
     ):
         start = time.perf_counter()
-        prober = asyncio.create_task(_probe(probe_session, target, probes, probe_interval_s))
+        prober = asyncio.create_task(_probe(probe_session, target, probes, 1 / probe_rate))
         for k, batch in enumerate(batches):
             due = start + batch.offset_s
             await asyncio.sleep(max(0.0, due - time.perf_counter()))
@@ -285,7 +291,8 @@ async def run_step(
     view_changes = (await status(target.urls[0]))["view"] - view_before
     committed = [t for t in accepted if t in committed_at]
     latencies = sorted(committed_at[t] - due_at[t] for t in committed)
-    tps = step_throughput([committed_at[t] for t in committed], step.seconds)
+    all_committed = committed + [t for t in probe_ids if t in committed_at]
+    tps = step_throughput([committed_at[t] for t in all_committed], step.seconds)
     return StepResult(
         percent=step.percent,
         offered_tx_per_s=round(step.rate, 1),
