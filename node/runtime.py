@@ -64,6 +64,11 @@ VIEW_CHANGE_TIMEOUT_MS = 1_000
 # A link to the primary that dropped and stayed down this long (a reconnect takes ~0.1 s) lets a
 # backup with waiting requests ask for a view change without waiting for its request timer.
 LINK_LOST_S = 0.5
+# K. A VIEW-CHANGE carries a prepared certificate for every seq above the stable checkpoint,
+# and the new view re-runs the three phases for each: with K = 128 under light load (a batch
+# per request) a view change handled ~100 seqs and took ~1.5 s on two cores. Checkpoints are
+# cheap (one signature and a record per K seqs); the watermark window is 2K.
+CHECKPOINT_INTERVAL = 32
 OPERATOR_POLL_S = 0.5  # peer/catch-up log events, peer gauge; node-status every other poll
 
 _log = logging.getLogger("phalanx.node")
@@ -134,6 +139,8 @@ class NodeRuntime:
             batch_bytes_max=min(BATCH_BYTES_MAX, config.limits.frame_max_bytes // 4),
             pipeline_depth_max=config.batch.pipeline_depth_max,
             view_change_timeout_ticks=max(10, VIEW_CHANGE_TIMEOUT_MS // config.tick_ms),
+            checkpoint_interval=CHECKPOINT_INTERVAL,
+            watermark_window=2 * CHECKPOINT_INTERVAL,
         )
         self.metrics = NodeMetrics()
         self.io_metrics = IoMetrics(self.metrics.registry)
