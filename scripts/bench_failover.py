@@ -199,6 +199,7 @@ class Bench:
         await asyncio.sleep(0.3)  # the stream is attached and replays from head + 1
         self.down.add(primary)
         t0 = self.kill_t0 = time.perf_counter()
+        killed_at = time.strftime("%H:%M:%S", time.gmtime()) + f"{time.time() % 1:.3f}"[1:]
         await asyncio.to_thread(tn.kill, self.dir, primary)
         try:
             t1 = await asyncio.wait_for(watch, ROUND_TIMEOUT_S)
@@ -209,7 +210,7 @@ class Bench:
         recovery = t1 - t0
         _, new_view = await self.primary_name()
         _say(
-            f"round {index}: killed {primary} (view {view}), first commit after "
+            f"round {index}: killed {primary} (view {view}) at {killed_at} UTC, first commit after "
             f"{recovery * 1000:.0f} ms, now view {new_view}; restarting {primary}"
         )
         await asyncio.to_thread(tn.start, self.dir, primary, CATCH_UP_TIMEOUT_S)
