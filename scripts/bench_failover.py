@@ -24,6 +24,8 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
+import signal
 import statistics
 import sys
 import time
@@ -198,9 +200,15 @@ class Bench:
         watch = asyncio.create_task(self.first_commit_after(survivor, int(head) + 1))
         await asyncio.sleep(0.3)  # the stream is attached and replays from head + 1
         self.down.add(primary)
+        pid = tn.Testnet.load(self.dir).node(primary).pid
+        if pid is None:
+            raise RuntimeError(f"{primary} has no pid on record in {self.dir}")
+        # The signal first, then the clock: a transaction sent between the two could still be
+        # ordered by the dying primary and count as a commit "after" the kill.
+        os.killpg(pid, signal.SIGKILL)  # the node leads its own session (node.testnet.spawn)
         t0 = self.kill_t0 = time.perf_counter()
         killed_at = time.strftime("%H:%M:%S", time.gmtime()) + f"{time.time() % 1:.3f}"[1:]
-        await asyncio.to_thread(tn.kill, self.dir, primary)
+        await asyncio.to_thread(tn.kill, self.dir, primary)  # waits for it, records it down
         try:
             t1 = await asyncio.wait_for(watch, ROUND_TIMEOUT_S)
         except TimeoutError:
