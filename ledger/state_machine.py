@@ -23,7 +23,7 @@ Per op, checks run in the spec's order: ``not_found``, then ``forbidden``, then
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -246,12 +246,28 @@ def _apply_op(state: _TxOverlay, client: str, op: object) -> str | None:
     return None
 
 
-def execute_tx(view: StateView, seq: int, index: int, tx: Tx, rules: ChainRules) -> dict[str, Any]:
+Predecoded = Callable[[Tx], ValidTx | None]
+"""The :class:`ValidTx` the node decoded (and verified) from exactly this Tx, or None."""
+
+
+def execute_tx(
+    view: StateView,
+    seq: int,
+    index: int,
+    tx: Tx,
+    rules: ChainRules,
+    predecoded: Predecoded | None = None,
+) -> dict[str, Any]:
     """Execute the transaction at ``(seq, index)``: a repeat of an executed ``tx_id`` is not
-    executed (result ``duplicate``, its index entry keeps the first position)."""
+    executed (result ``duplicate``, its index entry keeps the first position). ``predecoded``
+    spares decoding a transaction the node decoded on admission (the same wire, so the same
+    result)."""
     if view.tx_location(tx.tx_id) is not None:
         return error_result(DUPLICATE)
     view.put_tx_location(tx.tx_id, seq, index)
+    known = predecoded(tx) if predecoded is not None else None
+    if known is not None:
+        return apply_transaction(view, known, rules)
     try:
         decoded = decode_for_execution(tx.wire, tx.tx_id)
     except TxError:
@@ -262,7 +278,11 @@ def execute_tx(view: StateView, seq: int, index: int, tx: Tx, rules: ChainRules)
 
 
 def execute_batch(
-    view: StateView, seq: int, txs: Sequence[Tx], rules: ChainRules
+    view: StateView,
+    seq: int,
+    txs: Sequence[Tx],
+    rules: ChainRules,
+    predecoded: Predecoded | None = None,
 ) -> list[dict[str, Any]]:
     """Execute a committed batch in order; one result per transaction."""
-    return [execute_tx(view, seq, index, tx, rules) for index, tx in enumerate(txs)]
+    return [execute_tx(view, seq, i, tx, rules, predecoded) for i, tx in enumerate(txs)]

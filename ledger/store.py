@@ -83,7 +83,7 @@ from ledger.execution import results_root
 from ledger.genesis import Genesis, genesis_from_document
 from ledger.receipt import build_receipt, verify_certificate
 from ledger.records_check import check_records, first_problem
-from ledger.state_machine import ChainRules, Entry, execute_batch
+from ledger.state_machine import ChainRules, Entry, Predecoded, execute_batch
 from ledger.state_tree import (
     Lookup,
     StateTree,
@@ -851,9 +851,11 @@ class LedgerStore:
         committed: Committed,
         records: Iterable[Record] = (),
         discard_below: int | None = None,
+        predecoded: Predecoded | None = None,
     ) -> list[dict[str, Any]]:
         """Execute and store the block at ``head + 1`` in one durable write transaction, with
-        ``records`` and ``discard_below``; return the transactions' results."""
+        ``records`` and ``discard_below``; return the transactions' results. ``predecoded``:
+        see :func:`ledger.state_machine.execute_tx`."""
         batch = committed.batch
         records = list(records)
         with self._write_mutex:
@@ -883,7 +885,7 @@ class LedgerStore:
 
             def work(txn: lmdb.Transaction) -> list[dict[str, Any]]:
                 state = _LmdbState(txn, self._dbs)
-                results = execute_batch(state, batch.seq, batch.txs, self._rules)
+                results = execute_batch(state, batch.seq, batch.txs, self._rules, predecoded)
                 # The state tree follows in the same transaction: only the touched paths.
                 tree_started = time.thread_time()
                 tree = StateTree(_LmdbNodes(txn, self._dbs["state_tree"]))

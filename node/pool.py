@@ -104,6 +104,7 @@ def _refused(exc: TxError | PoolFull) -> SubmitResult:
 @dataclass(frozen=True, slots=True)
 class _Pending:
     tx: Tx
+    valid: ValidTx  # what admission decoded from tx.wire, reused at execution
     at: float  # monotonic submission time
     client: str
     fee: int
@@ -288,7 +289,7 @@ class Pool:
         if len(self._pending) >= self.capacity and not self._expire_one():
             return _refused(PoolFull(self.capacity))
         consensus_tx = tx.to_consensus_tx()
-        self._pending[tx.tx_id] = _Pending(consensus_tx, self._clock(), tx.client, fee)
+        self._pending[tx.tx_id] = _Pending(consensus_tx, tx, self._clock(), tx.client, fee)
         if fee:
             self._pending_fees[tx.client] = self._pending_fees.get(tx.client, 0) + fee
         accepted.append(consensus_tx)
@@ -417,6 +418,12 @@ class Pool:
             return False
         self._remember_verified(valid.tx_id, valid.sig)
         return True
+
+    def predecoded(self, tx: Tx) -> ValidTx | None:
+        """What admission decoded from this very Tx (the ledger's
+        :data:`~ledger.state_machine.Predecoded`): execution does not decode it again."""
+        entry = self._pending.get(tx.tx_id)
+        return entry.valid if entry is not None and entry.tx is tx else None
 
     def _remember_verified(self, tx_id: str, sig: str) -> None:
         self._verified[sig] = tx_id

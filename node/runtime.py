@@ -565,7 +565,7 @@ def execute_block(
 ) -> None:
     """Append ``committed`` to the ledger (one durable write), then take its transactions out
     of the pool, wake the clients waiting for them, publish its block event, count it."""
-    results = store.append_block(committed)
+    results = store.append_block(committed, predecoded=pool.predecoded)
     write_s, roots_s = store.last_timing
     metrics.block_write_seconds.inc(write_s)
     metrics.roots_seconds.inc(roots_s)

@@ -1,12 +1,14 @@
-"""A proposal's transactions that reached the node before (relayed or submitted) are taken from
-the pool instead of being serialised and hashed again, and only for exactly that wire form: a
-primary that disguises a body (``true`` for ``1``) gets its PRE-PREPARE refused, never taken
-with other content."""
+"""Work done on admission is not done again: a proposal's transactions that reached the node
+before (relayed or submitted) are taken from the pool instead of being serialised and hashed
+again, only for exactly that wire form (a primary that disguises a body, ``true`` for ``1``,
+gets its PRE-PREPARE refused, never taken with other content), and execution reuses the
+decoded transaction."""
 
 from __future__ import annotations
 
 import asyncio
 import copy
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,9 +16,11 @@ import pytest
 from consensus.batch import Batch, Tx
 from consensus.errors import MalformedMessage
 from consensus.messages import PrePrepare, decode_batch, decode_message, sign_message
+from ledger import state_machine
 from ledger.state_machine import ChainRules
+from ledger.store import LedgerStore
 from node.pool import Pool
-from tests.ledger.helpers import ALICE, CHAIN_ID, VALIDATORS, sign_tx
+from tests.ledger.helpers import ALICE, CHAIN_ID, VALIDATORS, committed, make_genesis, sign_tx
 
 
 def _pool_with(wire: dict[str, Any]) -> Pool:
@@ -79,4 +83,34 @@ def test_a_disguised_body_is_refused_or_taken_as_verified(header_from: str) -> N
         assert decoded.batch.txs[0].wire["body"]["ops"][0]["value"] is not True
         with pytest.raises(MalformedMessage, match="tx_root"):
             decode_message(message)  # a node that never saw it refuses the disguise too
+    pool.close()
+
+
+def test_execution_reuses_what_admission_decoded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pool hands execution the ValidTx it decoded from the very same Tx object (and only
+    that one): the block's results are the same as when decoding again, without decoding."""
+    wires = [_wire(value=1), sign_tx(ALICE, 6, [{"op": "delete", "key": "nope"}])]
+    pool = Pool(ChainRules(CHAIN_ID, 0), lambda pubkeys: dict.fromkeys(pubkeys, 0))
+    assert all(r.ok for r in asyncio.run(pool.submit(wires)))
+    pending = pool.pending_txs()
+    assert pool.predecoded(pending[0]) is not None
+    assert pool.predecoded(Tx.from_wire(wires[0])) is None  # an equal Tx, not this one
+    genesis = make_genesis()
+    decodes: list[str] = []
+    real = state_machine.decode_for_execution
+
+    def counting(wire: Any, tx_id: str) -> Any:
+        decodes.append(tx_id)
+        return real(wire, tx_id)
+
+    monkeypatch.setattr(state_machine, "decode_for_execution", counting)
+    results = []
+    for name, predecoded in (("reused", pool.predecoded), ("decoded", None)):
+        with LedgerStore.open(tmp_path / name, genesis) as store:
+            block = committed(genesis, 1, pending)
+            results.append(store.append_block(block, predecoded=predecoded))
+    assert results[0] == results[1] and results[0][1]["error"] == "not_found"
+    assert decodes == [tx.tx_id for tx in pending]  # only the run without the pool decoded
     pool.close()
