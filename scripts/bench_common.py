@@ -48,18 +48,24 @@ class Target:
         )
 
 
-def measure_ed25519(samples: int = 3000) -> tuple[float, float]:
-    """Seconds per sign and per verify on one core, for a typical transaction-sized message."""
+def measure_ed25519(samples: int = 3000, rounds: int = 5) -> tuple[float, float]:
+    """Seconds per sign and per verify on one core, for a typical transaction-sized message:
+    the fastest of ``rounds`` rounds, since the limit is what the machine can do and other
+    work on it only ever makes a round slower."""
     signer = Ed25519Signer.generate()
     message = b"x" * 160
-    start = time.perf_counter()
-    for _ in range(samples):
-        signature = signer.sign_bytes(message)
-    t_sign = (time.perf_counter() - start) / samples
-    start = time.perf_counter()
-    for _ in range(samples):
-        verify_bytes(signer.public_key, message, signature)
-    t_verify = (time.perf_counter() - start) / samples
+    signature = signer.sign_bytes(message)
+    per_round = max(1, samples // rounds)
+    t_sign = t_verify = float("inf")
+    for _ in range(rounds):
+        start = time.perf_counter()
+        for _ in range(per_round):
+            signer.sign_bytes(message)
+        t_sign = min(t_sign, (time.perf_counter() - start) / per_round)
+        start = time.perf_counter()
+        for _ in range(per_round):
+            verify_bytes(signer.public_key, message, signature)
+        t_verify = min(t_verify, (time.perf_counter() - start) / per_round)
     return t_sign, t_verify
 
 

@@ -80,6 +80,8 @@ def test_quantile_ms_and_throughput_window() -> None:
 
 def test_signature_limit_counts_one_sign_and_four_verifies_per_core() -> None:
     assert bench_common.signature_limit(2, 1e-4, 2e-4) == pytest.approx(2 / 9e-4)
+    t_sign, t_verify = bench_common.measure_ed25519(samples=50, rounds=5)
+    assert 0 < t_sign < 0.01 and 0 < t_verify < 0.01  # Ed25519 takes tens of microseconds
 
 
 def test_rss_of_a_process_tree_counts_its_children() -> None:
