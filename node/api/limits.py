@@ -220,7 +220,10 @@ class _GuardedHandler(RequestHandler):
         if conn is not None:
             if self._request_count != before:
                 conn.partial_since = None  # a whole request head arrived
-            elif conn.partial_since is None:
+            elif conn.partial_since is None and self._current_request is None:
+                # Part of a head. Bytes that arrive while a request is being handled are its
+                # body (clients often send it after the head), not a slow header: a
+                # wait=commit may rightly take up to a minute.
                 conn.partial_since = time.monotonic()
 
     def handle_error(

@@ -234,3 +234,28 @@ def test_bodies_are_parsed_and_verified_off_the_event_loop(tmp_path: Path) -> No
         assert max(gaps) < 0.5, f"the loop stalled {max(gaps):.3f} s"
 
     serve(tmp_path, HttpLimits(), scenario)
+
+
+def test_a_body_sent_after_its_head_is_not_a_slow_header(tmp_path: Path) -> None:
+    """Clients often send a body in a segment after the head; while the request is handled
+    (here a wait=commit longer than the header timeout) the connection is not reaped."""
+
+    async def scenario(server: HttpServer, _: ApiHarness) -> None:
+        body = json.dumps(set_tx(key="later")).encode()
+        head = (
+            "POST /v1/tx?wait=commit&timeout_ms=2500 HTTP/1.1\r\nHost: node\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        ).encode()
+        sock = await idle(server.port, "127.0.0.1")
+        loop = asyncio.get_running_loop()
+        await loop.sock_sendall(sock, head)
+        await asyncio.sleep(0.2)
+        await loop.sock_sendall(sock, body)
+        started = time.monotonic()
+        answer = await asyncio.wait_for(loop.sock_recv(sock, 4096), 10)
+        sock.close()
+        assert answer.startswith(b"HTTP/1.1 202"), answer[:200]
+        assert time.monotonic() - started > 2.0  # the whole wait, past the 1 s header timeout
+        assert server.guard.refused.get("header_timeout", 0) == 0
+
+    serve(tmp_path, HttpLimits(header_timeout_s=1.0), scenario)
