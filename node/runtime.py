@@ -62,7 +62,8 @@ BATCH_BYTES_MAX = 4 * 1024 * 1024
 # by a short one; a crashed primary is usually replaced sooner still (LINK_LOST_S).
 VIEW_CHANGE_TIMEOUT_MS = 1_000
 # A link to the primary that dropped and stayed down this long (a reconnect takes ~0.1 s) lets a
-# backup with waiting requests ask for a view change without waiting for its request timer.
+# backup with waiting requests ask for a view change without waiting for its request timer
+# (at once if a redial is refused: nothing listens, the process is gone; PeerNetwork.lost_peers).
 LINK_LOST_S = 0.5
 # K. A VIEW-CHANGE carries a prepared certificate for every seq above the stable checkpoint,
 # and the new view re-runs the three phases for each: with K = 128 under light load (a batch
