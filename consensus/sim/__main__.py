@@ -72,6 +72,7 @@ def _report(result: SimResult, replay: str) -> None:
         f"recovery={result.recovery_ticks}/{result.recovery_bound} "
         f"vc_restarts={result.view_change_restarts} "
         f"lone_certs={result.lone_certificates} split_new_views={result.split_new_views} "
+        f"lost_link_lies={result.lost_link_lies} "
         f"fingerprint={result.fingerprint[:16]}"
     )
     for line in result.violations:
