@@ -910,12 +910,14 @@ class LedgerStore:
             self._head = (batch.seq, new_hash)
             return results
 
-    def append_blocks(self, blocks: Sequence[Committed]) -> list[tuple[str, list[dict[str, Any]]]]:
+    def append_blocks(
+        self, blocks: Sequence[Committed], predecoded: Predecoded | None = None
+    ) -> list[tuple[str, list[dict[str, Any]]]]:
         """Execute and store consecutive blocks from ``head + 1`` in ONE durable write
         transaction: a crash leaves all of them or none. Each block is executed and stored
-        exactly as :meth:`append_block` would (same state, roots, results, hash chain); returns
-        each block's ``(hash, results)``. For a node catching up: one fsync per fetched chunk
-        instead of one per block."""
+        exactly as :meth:`append_block` would (same state, roots, results, hash chain; the
+        same ``predecoded``); returns each block's ``(hash, results)``. For a node catching
+        up: one fsync per fetched chunk instead of one per block."""
         blocks = list(blocks)
         if not blocks:
             return []
@@ -955,7 +957,7 @@ class LedgerStore:
                     batch = committed.batch
                     # A fresh view per block: its tree changes are that block's alone.
                     state = _LmdbState(txn, self._dbs)
-                    results = execute_batch(state, batch.seq, batch.txs, self._rules)
+                    results = execute_batch(state, batch.seq, batch.txs, self._rules, predecoded)
                     tree_started = time.thread_time()
                     tree = StateTree(_LmdbNodes(txn, self._dbs["state_tree"]))
                     state_root = tree.update(state.tree_changes())

@@ -446,7 +446,7 @@ class NodeRuntime:
     def _execute_run(self, run: list[Committed]) -> None:
         """Consecutive blocks appended in one write transaction (a crash keeps all or none),
         then, block by block, what :meth:`_execute` does after its write."""
-        appended = self.store.append_blocks(run)
+        appended = self.store.append_blocks(run, predecoded=self.pool.predecoded)
         write_s, roots_s = self.store.last_timing
         self.metrics.block_write_seconds.inc(write_s)
         self.metrics.roots_seconds.inc(roots_s)

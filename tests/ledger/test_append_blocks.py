@@ -19,6 +19,7 @@ from consensus.output import Committed
 from ledger import state_machine
 from ledger.genesis import Genesis
 from ledger.store import LedgerInvariantError, LedgerStore
+from ledger.transaction import ValidTx, decode_transaction
 from tests.ledger.helpers import ALICE, BOB, CAROL, committed, make_genesis, tx
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -97,6 +98,25 @@ def test_same_blocks_same_results_as_append_block(
     assert {"duplicate", "forbidden", "insufficient_funds", None} <= codes, codes
 
 
+def test_predecoded_transactions_are_used_and_change_nothing(
+    genesis: Genesis, one_by_one: LedgerStore, grouped: LedgerStore
+) -> None:
+    blocks = mixed_blocks(genesis)
+    known = {id(t): decode_transaction(t.wire) for b in blocks for t in b.batch.txs}
+    asked: list[str] = []
+
+    def predecoded(t: Tx) -> ValidTx | None:
+        asked.append(t.tx_id)
+        return known.get(id(t))
+
+    for block in blocks:
+        one_by_one.append_block(block)
+    grouped.append_blocks(blocks, predecoded=predecoded)
+    assert contents(grouped) == contents(one_by_one)
+    executed = sum(len(b.batch.txs) for b in blocks) - 1  # one is a duplicate
+    assert len(asked) == executed
+
+
 def test_out_of_order_or_gap_writes_nothing(genesis: Genesis, grouped: LedgerStore) -> None:
     blocks = mixed_blocks(genesis, 6)
     grouped.append_blocks(blocks[:2])
@@ -119,10 +139,10 @@ def test_a_failure_mid_chunk_leaves_none_of_it(
     before = contents(grouped)
     real = state_machine.execute_batch
 
-    def failing(view: Any, seq: int, txs: Any, rules: Any) -> list[dict[str, Any]]:
+    def failing(view: Any, seq: int, *args: Any) -> list[dict[str, Any]]:
         if seq == 5:
             raise OSError("disk gone while executing block 5")
-        return real(view, seq, txs, rules)
+        return real(view, seq, *args)
 
     monkeypatch.setattr("ledger.store.execute_batch", failing)
     with pytest.raises(OSError, match="block 5"):
