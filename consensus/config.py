@@ -22,6 +22,7 @@ class ReplicaConfig:
     batch_size_max: int = 500  # transactions per batch
     batch_bytes_max: int = 4 * 1024 * 1024  # Tx.size summed over a batch (one tx may exceed it)
     pipeline_depth_max: int = 8  # batches the primary keeps in flight at once
+    partial_in_flight_max: int = 2  # a batch that is not full goes out below this many in flight
     view_change_timeout_ticks: int = 100  # first view-change timer; doubles per failed view
     time_skew_max_ms: int = 30_000  # backups refuse batch times further than this from their clock
     _validator_set: frozenset[str] = field(init=False, repr=False, compare=False)

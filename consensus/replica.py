@@ -827,11 +827,13 @@ class Replica:
             self._unbatched[tx.tx_id] = tx
 
     def _try_propose(self) -> None:
-        """§4.2 with adaptive batching: while the pipeline has room (fewer than
-        pipeline_depth_max batches in flight, all within [h, h + L]), propose at once what is
-        waiting, at most a full batch each; whatever arrives while the pipeline is full waits
-        and goes out in one batch as soon as an execution makes room. No request waits for a
-        tick, and batches grow with the load by themselves."""
+        """§4.2 with adaptive batching: a full batch goes out while the pipeline has room
+        (fewer than pipeline_depth_max batches in flight, all within [h, h + L]); a partial one
+        only while fewer than partial_in_flight_max are in flight. So an idle primary proposes
+        a request at once, and what arrives while batches are in flight waits for the next
+        execution and goes out together: no request waits for a tick, batches grow with the
+        load by themselves, and a moderate load does not pay a whole round of signed messages
+        per request."""
         if not (self._active and self.is_primary):
             return
         if not self._knows_ordered_txs():
@@ -839,17 +841,19 @@ class Replica:
         while self._unbatched and self._now_ms > 0:
             if self._next_seq > self._stable_seq + self._config.watermark_window:
                 return
-            if self._next_seq - 1 - self._last_executed >= self._config.pipeline_depth_max:
+            in_flight = self._next_seq - 1 - self._last_executed
+            if in_flight >= self._config.pipeline_depth_max:
                 return
-            txs = self._next_batch_txs()
-            if not txs:
+            txs, full = self._next_batch_txs()
+            if not txs or not (full or in_flight < self._config.partial_in_flight_max):
                 return
             self._propose(txs)
 
-    def _next_batch_txs(self) -> list[Tx]:
+    def _next_batch_txs(self) -> tuple[list[Tx], bool]:
         """The oldest requests not yet ordered, at most batch_size_max of them and (but for a
-        single larger one) at most batch_bytes_max bytes. Requests found already ordered (in
-        the ledger, or in a batch of the log) leave the queue on the way."""
+        single larger one) at most batch_bytes_max bytes, and whether that batch is full.
+        Requests found already ordered (in the ledger, or in a batch of the log) leave the
+        queue on the way."""
         while self._unbatched:
             candidates = list(islice(self._unbatched.items(), self._config.batch_size_max))
             committed = self._committed_among([tx_id for tx_id, _ in candidates])
@@ -862,12 +866,12 @@ class Replica:
                         self._pending.pop(tx_id, None)
                     continue
                 if txs and size + tx.size > self._config.batch_bytes_max:
-                    break
+                    return txs, True
                 txs.append(tx)
                 size += tx.size
             if txs:
-                return txs
-        return []
+                return txs, len(txs) >= self._config.batch_size_max
+        return [], False
 
     def _propose(self, txs: list[Tx]) -> None:
         seq = self._next_seq

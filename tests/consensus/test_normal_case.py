@@ -68,6 +68,21 @@ def test_primary_batches_adaptively() -> None:
     assert [len(b.batch.txs) for b in cluster.nodes[0].ledger] == [3, 3]
 
 
+def test_partial_batches_wait_while_two_are_in_flight_and_full_ones_do_not() -> None:
+    cluster = Cluster(batch_size_max=2, pipeline_depth_max=8)
+    cluster.tick()
+    cluster.filters.append(lambda _sender, _to, wire: wire["type"] != "commit")
+    for i in range(3):  # one request at a time: two partial batches go out, the third waits
+        cluster.submit([make_tx(i)], to=[0])
+    assert cluster.nodes[0].replica is not None
+    assert cluster.nodes[0].replica._next_seq == 3
+    cluster.submit([make_tx(3)], to=[0])  # now two wait: a full batch, it goes
+    assert cluster.nodes[0].replica._next_seq == 4
+    cluster.filters.clear()
+    cluster.run_until(lambda: cluster.executed(0) >= 3)
+    assert [len(b.batch.txs) for b in cluster.nodes[0].ledger] == [1, 1, 2]
+
+
 def test_an_idle_primary_proposes_a_single_request_at_once() -> None:
     cluster = Cluster(batch_size_max=100)
     cluster.tick()
