@@ -22,10 +22,11 @@ parser's time. The caller runs decoding of large frames off the event loop
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 import struct
 from typing import Any
+
+import orjson
 
 from crypto.canonical import MAX_SAFE_INTEGER, CanonicalJsonError, canonical_json, parse_json
 
@@ -75,18 +76,24 @@ def encode_frame(message: dict[str, Any], frame_max: int = FRAME_MAX_DEFAULT) ->
     return _HEADER.pack(len(payload)) + payload
 
 
-_sorted_compact_text = json.JSONEncoder(
-    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-).encode
+# Sorted keys; anything but JSON's own types (dataclasses, datetimes, subclasses of str or
+# int...) is refused rather than written in orjson's own way.
+_ORJSON_SORTED = (
+    orjson.OPT_SORT_KEYS
+    | orjson.OPT_PASSTHROUGH_DATACLASS
+    | orjson.OPT_PASSTHROUGH_DATETIME
+    | orjson.OPT_PASSTHROUGH_SUBCLASS
+)
 
 
-def _sorted_compact(message: dict[str, Any]) -> bytes:
-    """What the receiver's :func:`_fast_decode` re-encodes a payload to: the C encoder's form,
-    many times cheaper than walking the value in Python (a PRE-PREPARE carries a whole batch)."""
+def _sorted_compact(value: Any) -> bytes:
+    """Compact JSON with sorted keys, written by orjson (in Rust, about ten times faster than
+    the standard library's C encoder); what :func:`_fast_decode` compares a payload with.
+    Empty if ``value`` is not plain JSON at all (the exact encoder then says why)."""
     try:
-        return _sorted_compact_text(message).encode("utf-8")
-    except (TypeError, ValueError, RecursionError, UnicodeError):
-        return b""  # not plain JSON at all: the exact encoder says why
+        return orjson.dumps(value, option=_ORJSON_SORTED)
+    except (TypeError, orjson.JSONEncodeError):
+        return b""
 
 
 def _is_plainly_canonical(payload: bytes) -> bool:
@@ -103,10 +110,6 @@ def _is_plainly_canonical(payload: bytes) -> bool:
     return _nesting(structure, CANONICAL_DEPTH_MAX) <= CANONICAL_DEPTH_MAX
 
 
-def _no_float(text: str) -> Any:
-    raise CanonicalJsonError(f"float {text} is not allowed")
-
-
 def _nesting(structure: bytes, depth_max: int) -> int:
     """How deep the brackets of ``structure`` (strings removed) nest, counted up to
     ``depth_max + 1``. Each pass removes the innermost pairs: as many passes as levels."""
@@ -115,7 +118,7 @@ def _nesting(structure: bytes, depth_max: int) -> int:
     while brackets and depth <= depth_max:
         shorter = brackets.replace(b"[]", b"")
         if len(shorter) == len(brackets):
-            break  # unbalanced, which json.loads has already ruled out
+            break  # unbalanced, which the parser has already ruled out
         brackets = shorter
         depth += 1
     return depth if not brackets else depth_max + 1
@@ -137,13 +140,12 @@ def _fast_decode(payload: bytes) -> Any:
     """The parsed payload, or :class:`FrameError`, decided with C-level operations only; or
     ``_UNDECIDED`` for the two rare cases only the exact checker can settle."""
     try:
-        value = json.loads(payload, parse_float=_no_float, parse_constant=_no_float)
-        again = json.dumps(
-            value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-        ).encode("utf-8")
-    except (ValueError, RecursionError, UnicodeError) as exc:
-        # The exact checker uses this same parser and refuses these too.
+        value = orjson.loads(payload)
+    except (orjson.JSONDecodeError, RecursionError) as exc:
+        # Not JSON, invalid UTF-8 or a lone surrogate, an integer beyond 64 bits, NaN: the
+        # exact checker refuses all of these too.
         raise FrameError("undecodable", str(exc)[:200]) from exc
+    again = _sorted_compact(value)
     if any(lead in payload for lead in _ASTRAL_LEADS):
         # Characters beyond the Basic Multilingual Plane (4-byte UTF-8): Python sorts keys by
         # code point, JCS by UTF-16 unit, so only the exact checker can tell.
@@ -153,6 +155,8 @@ def _fast_decode(payload: bytes) -> Any:
         # honest sender writes (encode_frame).
         raise FrameError("not_canonical", "the payload is not canonical JSON (JCS)")
     structure = _outside_strings(payload)
+    if _FLOAT_NUMBER.search(structure):
+        raise FrameError("undecodable", "a float is not allowed")
     for number in _LONG_NUMBER.finditer(structure):
         if int(number.group()) > MAX_SAFE_INTEGER:
             raise FrameError(

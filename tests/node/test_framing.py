@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import struct
 import time
 from typing import Any
@@ -201,3 +202,28 @@ def test_encoding_deep_values_gives_exactly_jcs(depth: int) -> None:
     for _ in range(depth - 1):
         value = [value]
     assert _frame({"x": value}) == _exact_frame({"x": value})
+
+
+def _payloads(message: dict[str, Any]) -> list[bytes]:
+    """The canonical form if there is one, and near misses a sender could write."""
+    out = []
+    exact = _exact_frame(message)
+    if isinstance(exact, bytes):
+        out.append(exact[4:])
+    for options in (
+        {"sort_keys": False, "separators": (",", ":"), "ensure_ascii": False},
+        {"sort_keys": True, "separators": (",", ":"), "ensure_ascii": True},
+        {"sort_keys": True, "separators": (", ", ": "), "ensure_ascii": False},
+    ):
+        try:
+            out.append(json.dumps(message, **options).encode("utf-8"))  # type: ignore[arg-type]
+        except (ValueError, UnicodeError):
+            continue
+    return out
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(_KEYS, _VALUES, max_size=5))
+def test_decoding_with_orjson_agrees_with_the_exact_checker(message: dict[str, Any]) -> None:
+    for payload in _payloads(message):
+        assert _decoded(payload) == _exact(payload)
