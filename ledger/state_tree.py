@@ -27,10 +27,11 @@ from __future__ import annotations
 
 import bisect
 import hashlib
-import json
 from collections.abc import Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
+
+import orjson
 
 from crypto.canonical import canonical_json
 from crypto.hexcodec import HASH_HEX_LEN, is_hex
@@ -50,22 +51,30 @@ def _sha256(data: bytes) -> bytes:
 # -- entries: paths and leaf data (spec §5) ---------------------------------------------------
 
 
-_dumps = json.JSONEncoder(ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode
+# Sorted keys; types outside JSON (dataclasses, datetimes, subclasses) go to the exact encoder.
+_ORJSON_SORTED = (
+    orjson.OPT_SORT_KEYS
+    | orjson.OPT_PASSTHROUGH_DATACLASS
+    | orjson.OPT_PASSTHROUGH_DATETIME
+    | orjson.OPT_PASSTHROUGH_SUBCLASS
+)
+_ASTRAL_LEADS = (b"\xf0", b"\xf1", b"\xf2", b"\xf3", b"\xf4")  # 4-byte UTF-8 sequences
 
 
 def fast_jcs(value: Any) -> bytes:
     """RFC 8785 bytes of a value already checked to be a Phalanx JSON value (no floats, safe
-    integers, bounded depth), with the C encoder: it escapes strings as JCS does and prints
-    integers alike; its key order (by code point) equals JCS's (by UTF-16 unit) unless a string
-    holds a character beyond the Basic Multilingual Plane, and then the exact encoder is used.
-    Paths and leaf data are hashed for every changed entry of every block: this is their cost."""
-    text = _dumps(value)
-    if text.isascii() or max(text) <= "\uffff":
-        try:
-            return text.encode("utf-8")
-        except UnicodeEncodeError:
-            pass  # a lone surrogate: the exact encoder says what is wrong
-    return canonical_json(value)
+    integers, bounded depth), written by orjson with sorted keys: it escapes strings as JCS
+    does and prints integers alike; its key order (by code point) equals JCS's (by UTF-16 unit)
+    unless a string holds a character beyond the Basic Multilingual Plane, and then the exact
+    encoder is used. Paths and leaf data are hashed for every changed entry of every block:
+    this is their cost."""
+    try:
+        data = orjson.dumps(value, option=_ORJSON_SORTED)
+    except (TypeError, orjson.JSONEncodeError):
+        return canonical_json(value)  # a lone surrogate, a huge integer...: it says what
+    if any(lead in data for lead in _ASTRAL_LEADS):
+        return canonical_json(value)
+    return data
 
 
 def kv_path(key: str) -> bytes:
