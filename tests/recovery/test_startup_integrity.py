@@ -146,7 +146,7 @@ def test_a_head_record_that_disagrees_with_the_blocks_is_refused(
 
 
 def test_undecodable_consensus_records_are_refused(copy: Path, genesis: Genesis) -> None:
-    _edit(copy, b'{"active":true,"view":3}', b'{"active":tru!,"view":3}')
+    _edit(copy, b'{"view":3,"active":true}', b'{"view":3,"active":tru!}')
     # The start-up checks read every consensus record (ledger.records_check): open refuses.
     _open_fails(copy, genesis, "damaged")
 
