@@ -38,7 +38,9 @@ def free_base_port(nodes: int) -> int:
     """A base port whose HTTP and peer ports are all free right now."""
     rng = random.Random()
     for _ in range(200):
-        base = rng.randrange(20_000, 50_000)
+        # Below the kernel's ephemeral range (32768+), where an outgoing connection could take a
+        # port between our check and the node's bind.
+        base = rng.randrange(20_000, 32_000)
         ports = [
             p
             for i in range(nodes)
