@@ -856,69 +856,26 @@ class LedgerStore:
         """Execute and store the block at ``head + 1`` in one durable write transaction, with
         ``records`` and ``discard_below``; return the transactions' results. ``predecoded``:
         see :func:`ledger.state_machine.execute_tx`."""
-        batch = committed.batch
-        records = list(records)
-        with self._write_mutex:
-            head_seq, head_hash = self._writer_head()
-            if batch.seq != head_seq + 1:
-                raise LedgerInvariantError(
-                    f"block {batch.seq} appended after head {head_seq}; blocks go in seq order"
-                )
-            if batch.chain_id != self.genesis.chain_id:
-                raise LedgerInvariantError(f"batch of chain {batch.chain_id!r} appended")
-            new_hash = block_hash(batch.seq, head_hash, batch.digest)
-            key = _seq8(batch.seq)
-            header = _jcs(
-                {
-                    "seq": batch.seq,
-                    "hash": new_hash,
-                    "prev_hash": head_hash,
-                    "batch": batch.header,
-                    "certificate": committed.certificate.to_wire(),
-                }
-            )
-            txs = _dump([dict(tx.wire) for tx in batch.txs])
-            tx_ids = b"".join(bytes.fromhex(tx.tx_id) for tx in batch.txs)
-            head = _jcs({"seq": batch.seq, "hash": new_hash})
-
-            timing: dict[str, float] = {}
-
-            def work(txn: lmdb.Transaction) -> list[dict[str, Any]]:
-                state = _LmdbState(txn, self._dbs)
-                results = execute_batch(state, batch.seq, batch.txs, self._rules, predecoded)
-                # The state tree follows in the same transaction: only the touched paths.
-                tree_started = time.thread_time()
-                tree = StateTree(_LmdbNodes(txn, self._dbs["state_tree"]))
-                state_root = tree.update(state.tree_changes())
-                tx_id_list = [tx.tx_id for tx in batch.txs]
-                roots = state_root + bytes.fromhex(results_root(tx_id_list, results))
-                timing["roots"] = time.thread_time() - tree_started
-                txn.put(key, roots, db=self._dbs["block_roots"])
-                txn.put(key, header, db=self._dbs["blocks"])
-                txn.put(key, txs, db=self._dbs["block_txs"])
-                txn.put(key, _dump(results), db=self._dbs["block_results"])
-                txn.put(key, tx_ids, db=self._dbs["block_tx_ids"])
-                txn.put(b"head", head, db=self._dbs["meta"])
-                self._write_records(txn, records, discard_below)
-                return results
-
-            started = time.thread_time()
-            results = self._write(work)
-            # What the block cost (CPU time of this thread: the machine may be shared), and the
-            # part the state and results roots took; the runtime exports both as metrics.
-            self.last_timing = (time.thread_time() - started, timing.get("roots", 0.0))
-            self._head = (batch.seq, new_hash)
-            return results
+        ((_, results),) = self.append_blocks(
+            [committed], predecoded, records=records, discard_below=discard_below
+        )
+        return results
 
     def append_blocks(
-        self, blocks: Sequence[Committed], predecoded: Predecoded | None = None
+        self,
+        blocks: Sequence[Committed],
+        predecoded: Predecoded | None = None,
+        *,
+        records: Iterable[Record] = (),
+        discard_below: int | None = None,
     ) -> list[tuple[str, list[dict[str, Any]]]]:
         """Execute and store consecutive blocks from ``head + 1`` in ONE durable write
-        transaction: a crash leaves all of them or none. Each block is executed and stored
-        exactly as :meth:`append_block` would (same state, roots, results, hash chain; the
-        same ``predecoded``); returns each block's ``(hash, results)``. For a node catching
-        up: one fsync per fetched chunk instead of one per block."""
+        transaction, with ``records`` and ``discard_below``: a crash leaves all of them or
+        none. Returns each block's ``(hash, results)``; ``predecoded``: see
+        :func:`ledger.state_machine.execute_tx`. For a node catching up: one write per fetched
+        chunk instead of one per block."""
         blocks = list(blocks)
+        records = list(records)
         if not blocks:
             return []
         with self._write_mutex:
@@ -972,10 +929,13 @@ class LedgerStore:
                     appended.append((new_hash, results))
                 last_seq = blocks[-1].batch.seq
                 txn.put(b"head", _jcs({"seq": last_seq, "hash": prev_hash}), db=self._dbs["meta"])
+                self._write_records(txn, records, discard_below)
                 return appended
 
             started = time.thread_time()
             appended = self._write(work)
+            # What the blocks cost (CPU time of this thread: the machine may be shared), and the
+            # part the state and results roots took; the runtime exports both as metrics.
             self.last_timing = (time.thread_time() - started, roots_s[0])
             self._head = (blocks[-1].batch.seq, prev_hash)
             return appended
