@@ -103,6 +103,18 @@ async def head_seq(url: str) -> int:
     return int((await status(url))["seq"])
 
 
+async def block_events(response: aiohttp.ClientResponse) -> AsyncIterator[tuple[float, list[str]]]:
+    """``(perf_counter at arrival, tx_ids)`` of each ``block`` event of a ``/v1/events``
+    stream."""
+    event = ""
+    async for raw in response.content:
+        line = raw.decode().rstrip("\n")
+        if line.startswith("event:"):
+            event = line[6:].strip()
+        elif line.startswith("data:") and event == "block":
+            yield time.perf_counter(), json.loads(line[5:])["tx_ids"]
+
+
 async def watch_commits(url: str, committed_at: dict[str, float], from_seq: int) -> None:
     """Records, for every transaction in a ``block`` event from ``from_seq`` on, the
     perf_counter time its block event arrived. Runs until cancelled."""
@@ -111,15 +123,9 @@ async def watch_commits(url: str, committed_at: dict[str, float], from_seq: int)
         aiohttp.ClientSession(timeout=timeout) as session,
         session.get(f"{url}/v1/events", params={"from_seq": str(from_seq)}) as response,
     ):
-        event = ""
-        async for raw in response.content:
-            line = raw.decode().rstrip("\n")
-            if line.startswith("event:"):
-                event = line[6:].strip()
-            elif line.startswith("data:") and event == "block":
-                now = time.perf_counter()
-                for tx_id in json.loads(line[5:])["tx_ids"]:
-                    committed_at.setdefault(tx_id, now)
+        async for now, tx_ids in block_events(response):
+            for tx_id in tx_ids:
+                committed_at.setdefault(tx_id, now)
 
 
 async def wait_committed(

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from bench_common import block_events
 
 from crypto.hashing import hash_object
 from crypto.signing import TAG_TX, Ed25519Signer, signing_input
@@ -152,17 +153,11 @@ class Bench:
             params={"from_seq": str(from_seq)},
             timeout=aiohttp.ClientTimeout(total=None, sock_read=None),
         ) as response:
-            event = ""
-            async for raw in response.content:
-                line = raw.decode().rstrip("\n")
-                if line.startswith("event:"):
-                    event = line[6:].strip()
-                elif line.startswith("data:") and event == "block":
-                    now = time.perf_counter()
-                    for tx_id in json.loads(line[5:])["tx_ids"]:
-                        sent = self.sent_at.get(tx_id)
-                        if sent is not None and sent >= self.kill_t0:
-                            return now
+            async for now, tx_ids in block_events(response):
+                for tx_id in tx_ids:
+                    sent = self.sent_at.get(tx_id)
+                    if sent is not None and sent >= self.kill_t0:
+                        return now
         raise RuntimeError(f"{name} closed its event stream")
 
     async def wait_committing(self) -> None:
