@@ -81,6 +81,21 @@ def committed(
     return Committed(batch, certify(genesis, batch, view))
 
 
+def append_signed_blocks(
+    store: Any, genesis: Genesis, blocks: int, txs_per_block: int, null_every: int, views_of: int
+) -> None:
+    """Blocks 1..``blocks`` of ``txs_per_block`` transactions of ALICE setting keys ``k<n>``
+    (every ``null_every``-th block null), certified in view ``seq // views_of``."""
+    nonce = 0
+    for seq in range(1, blocks + 1):
+        txs = []
+        if seq % null_every:
+            for _ in range(txs_per_block):
+                txs.append(tx(ALICE, nonce, {"op": "set", "key": f"k{nonce}", "value": nonce}))
+                nonce += 1
+        store.append_block(committed(genesis, seq, txs, view=seq // views_of))
+
+
 def certify_execution(
     store: Any, seq: int, signers: Sequence[Ed25519Signer] | None = None
 ) -> dict[str, Any]:

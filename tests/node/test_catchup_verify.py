@@ -19,7 +19,15 @@ from ledger.genesis import Genesis
 from ledger.store import LedgerStore
 from node.p2p.block_sync import FETCH_REQUEST, BlockFetcher, serve_fetch
 from node.p2p.verify_workers import BadTx, FetchedTxs, VerifyWorkers, check_part
-from tests.ledger.helpers import ALICE, BOB, certify, committed, make_genesis, sign_tx, tx
+from tests.ledger.helpers import (
+    ALICE,
+    BOB,
+    append_signed_blocks,
+    certify,
+    make_genesis,
+    sign_tx,
+    tx,
+)
 
 BLOCKS = 24
 TXS_PER_BLOCK = 20
@@ -35,14 +43,7 @@ def genesis() -> Genesis:
 @pytest.fixture(scope="module")
 def source(tmp_path_factory: pytest.TempPathFactory, genesis: Genesis) -> Iterator[LedgerStore]:
     store = LedgerStore.open(tmp_path_factory.mktemp("source"), genesis)
-    nonce = 0
-    for seq in range(1, BLOCKS + 1):
-        txs = []
-        if seq % 6:
-            for _ in range(TXS_PER_BLOCK):
-                txs.append(tx(ALICE, nonce, {"op": "set", "key": f"k{nonce}", "value": nonce}))
-                nonce += 1
-        store.append_block(committed(genesis, seq, txs))
+    append_signed_blocks(store, genesis, BLOCKS, TXS_PER_BLOCK, null_every=6, views_of=BLOCKS + 1)
     yield store
     store.close()
 

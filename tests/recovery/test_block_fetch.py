@@ -30,7 +30,14 @@ from node.p2p.block_sync import (
     serve_fetch,
     verify_blocks,
 )
-from tests.ledger.helpers import ALICE, VALIDATORS, certify, committed, make_genesis, sign_tx, tx
+from tests.ledger.helpers import (
+    ALICE,
+    VALIDATORS,
+    append_signed_blocks,
+    certify,
+    make_genesis,
+    sign_tx,
+)
 
 BLOCKS = 80
 TXS_PER_BLOCK = 4
@@ -47,14 +54,7 @@ def genesis() -> Genesis:
 def source(tmp_path_factory: pytest.TempPathFactory, genesis: Genesis) -> Iterator[LedgerStore]:
     """A ledger of BLOCKS blocks (some null) with signed transactions and certificates."""
     store = LedgerStore.open(tmp_path_factory.mktemp("source"), genesis)
-    nonce = 0
-    for seq in range(1, BLOCKS + 1):
-        txs = []
-        if seq % 7:
-            for _ in range(TXS_PER_BLOCK):
-                txs.append(tx(ALICE, nonce, {"op": "set", "key": f"k{nonce}", "value": nonce}))
-                nonce += 1
-        store.append_block(committed(genesis, seq, txs, view=seq // 20))
+    append_signed_blocks(store, genesis, BLOCKS, TXS_PER_BLOCK, null_every=7, views_of=20)
     yield store
     store.close()
 
