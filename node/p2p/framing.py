@@ -97,13 +97,15 @@ def _sorted_compact(value: Any) -> bytes:
 
 
 def _is_plainly_canonical(payload: bytes) -> bool:
-    """Whether the C encoder's form is JCS, decided on the bytes, as :func:`_fast_decode` does:
-    no float, no integer beyond 2^53 - 1, no key order Python and JCS could disagree on
-    (characters beyond the Basic Multilingual Plane) and no nesting deeper than JCS allows."""
+    """Whether orjson's form is JCS, decided on the bytes, as :func:`_fast_decode` does: no
+    float, no integer beyond 2^53 - 1, no key order Python and JCS could disagree on
+    (characters beyond the Basic Multilingual Plane) and no nesting deeper than JCS allows.
+    orjson writes NaN and infinities as ``null``, so a ``null`` outside strings cannot be told
+    from one of them: such a message goes to the exact encoder (which refuses the floats)."""
     if not payload or any(lead in payload for lead in _ASTRAL_LEADS):
         return False
     structure = _outside_strings(payload)
-    if _FLOAT_NUMBER.search(structure):
+    if _FLOAT_NUMBER.search(structure) or b"null" in structure:
         return False
     if any(int(n.group()) > MAX_SAFE_INTEGER for n in _LONG_NUMBER.finditer(structure)):
         return False

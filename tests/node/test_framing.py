@@ -162,7 +162,7 @@ _SCALARS = (
     st.none()
     | st.booleans()
     | st.integers(min_value=-(2**60), max_value=2**60)
-    | st.floats(allow_nan=False)
+    | st.floats()
     | st.text(alphabet=st.characters(blacklist_categories=("Cs",)))
 )
 _KEYS = st.text(max_size=3) | st.sampled_from(["\U0001f600", "\ufb33", "\ue000", "a", "\r"])
@@ -194,6 +194,13 @@ def test_encoding_with_the_c_encoder_gives_exactly_jcs(message: dict[str, Any]) 
     """encode_frame takes the C encoder's bytes only when they are JCS: for every value, the
     same frame as the exact encoder, or the same refusal (floats, integers past 2^53 - 1)."""
     assert _frame(message) == _exact_frame(message)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf"), 0.5])
+def test_encoding_refuses_every_float_like_the_exact_encoder(value: float) -> None:
+    """orjson writes NaN and infinities as null: the frame must still be refused."""
+    with pytest.raises(CanonicalJsonError):
+        encode_frame({"a": [None, {"b": value}]})
 
 
 @pytest.mark.parametrize("depth", [DEEP - 1, DEEP, DEEP + 1])
