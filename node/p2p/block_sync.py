@@ -46,8 +46,7 @@ from ledger.execution import verify_execution_certificate
 from ledger.genesis import Genesis
 from ledger.receipt import verify_committed
 from ledger.store import LedgerStore
-from ledger.transaction import TxError, decode_transaction, verify_transaction
-from ledger.transaction import check_chain as check_tx_chain
+from ledger.transaction import TxError, check_transaction
 from node.p2p.verify_workers import PROCESS_MIN_TXS, BadTx, FetchedTxs, VerifyWorkers
 
 FETCH_REQUEST = "fetch-blocks"  # {"from_seq", "count"}
@@ -136,10 +135,7 @@ def verify_block(
     for index, wire in enumerate(wires):
         try:
             if check_signatures:
-                valid = decode_transaction(wire)
-                check_tx_chain(valid, genesis.chain_id)
-                verify_transaction(valid)
-                txs.append(Tx(valid.tx_id, wire))
+                txs.append(Tx(check_transaction(wire, genesis.chain_id).tx_id, wire))
             else:
                 txs.append(Tx.from_wire(wire))
         except (TxError, ValueError, TypeError, RecursionError) as exc:

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from consensus.batch import Tx
-from ledger.transaction import TxError, check_chain, decode_transaction, verify_transaction
+from ledger.transaction import TxError, check_transaction
 
 # Below this many transactions a chunk is checked in threads: a worker hand-off costs more than
 # it saves, and a node that lags by a block or two should not start processes for it.
@@ -57,9 +57,7 @@ def check_part(chain_id: str, wires: Sequence[Any]) -> tuple[list[str], list[int
     sizes: list[int] = []
     for index, wire in enumerate(wires):
         try:
-            valid = decode_transaction(wire)
-            check_chain(valid, chain_id)
-            verify_transaction(valid)
+            valid = check_transaction(wire, chain_id)
         except (TxError, ValueError, TypeError, RecursionError) as exc:
             return BadTx(index, str(exc))
         consensus_tx = valid.to_consensus_tx()
