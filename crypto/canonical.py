@@ -36,6 +36,8 @@ import json.encoder
 from collections.abc import Callable
 from typing import Any
 
+import orjson
+
 MAX_SAFE_INTEGER = 2**53 - 1
 
 # Python's json escapes exactly what ECMAScript's JSON.stringify escapes when ensure_ascii is off:
@@ -260,6 +262,36 @@ def canonical_json_parsed(value: Any) -> bytes:
     that refuses floats and integers beyond ±(2^53 - 1)): the same bytes and errors, without
     looking for floats, huge integers and non-string keys, which such a value cannot hold."""
     return _encode_fast(value, known_plain=True)
+
+
+# Sorted keys; anything but JSON's own types (dataclasses, datetimes, subclasses of str or
+# int...) raises rather than being written in orjson's own way.
+_ORJSON_SORTED = (
+    orjson.OPT_SORT_KEYS
+    | orjson.OPT_PASSTHROUGH_DATACLASS
+    | orjson.OPT_PASSTHROUGH_DATETIME
+    | orjson.OPT_PASSTHROUGH_SUBCLASS
+)
+_ASTRAL_LEADS = (b"\xf0", b"\xf1", b"\xf2", b"\xf3", b"\xf4")  # 4-byte UTF-8 sequences start so
+
+
+def orjson_sorted(value: Any) -> bytes | None:
+    """``value`` as compact JSON with sorted keys, written by orjson (about ten times faster
+    than the standard library's encoder), or None if orjson will not write it (a lone
+    surrogate, an integer beyond 64 bits, a non-string key, another type). The bytes are JCS
+    when the value holds no float (orjson writes NaN and infinities as ``null``), no integer
+    beyond ±(2^53 - 1), no nesting deeper than 64 and no character beyond the Basic
+    Multilingual Plane (:func:`has_astral`): callers check what they cannot rule out."""
+    try:
+        return orjson.dumps(value, option=_ORJSON_SORTED)
+    except (TypeError, orjson.JSONEncodeError):
+        return None
+
+
+def has_astral(data: bytes) -> bool:
+    """Whether UTF-8 ``data`` holds a character beyond the Basic Multilingual Plane: there code
+    point order (Python's, orjson's) and UTF-16 order (JCS's) may sort keys differently."""
+    return any(lead in data for lead in _ASTRAL_LEADS)
 
 
 def check_json_value(value: Any) -> None:

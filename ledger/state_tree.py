@@ -31,9 +31,7 @@ from collections.abc import Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import orjson
-
-from crypto.canonical import canonical_json
+from crypto.canonical import canonical_json, has_astral, orjson_sorted
 from crypto.hexcodec import HASH_HEX_LEN, is_hex
 
 HASH_LEN = 32
@@ -51,16 +49,6 @@ def _sha256(data: bytes) -> bytes:
 # -- entries: paths and leaf data (spec §5) ---------------------------------------------------
 
 
-# Sorted keys; types outside JSON (dataclasses, datetimes, subclasses) go to the exact encoder.
-_ORJSON_SORTED = (
-    orjson.OPT_SORT_KEYS
-    | orjson.OPT_PASSTHROUGH_DATACLASS
-    | orjson.OPT_PASSTHROUGH_DATETIME
-    | orjson.OPT_PASSTHROUGH_SUBCLASS
-)
-_ASTRAL_LEADS = (b"\xf0", b"\xf1", b"\xf2", b"\xf3", b"\xf4")  # 4-byte UTF-8 sequences
-
-
 def fast_jcs(value: Any) -> bytes:
     """RFC 8785 bytes of a value already checked to be a Phalanx JSON value (no floats, safe
     integers, bounded depth), written by orjson with sorted keys: it escapes strings as JCS
@@ -68,12 +56,9 @@ def fast_jcs(value: Any) -> bytes:
     unless a string holds a character beyond the Basic Multilingual Plane, and then the exact
     encoder is used. Paths and leaf data are hashed for every changed entry of every block:
     this is their cost."""
-    try:
-        data = orjson.dumps(value, option=_ORJSON_SORTED)
-    except (TypeError, orjson.JSONEncodeError):
-        return canonical_json(value)  # a lone surrogate, a huge integer...: it says what
-    if any(lead in data for lead in _ASTRAL_LEADS):
-        return canonical_json(value)
+    data = orjson_sorted(value)
+    if data is None or has_astral(data):
+        return canonical_json(value)  # it writes the value, or says what is wrong with it
     return data
 
 

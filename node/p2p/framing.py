@@ -28,7 +28,14 @@ from typing import Any
 
 import orjson
 
-from crypto.canonical import MAX_SAFE_INTEGER, CanonicalJsonError, canonical_json, parse_json
+from crypto.canonical import (
+    MAX_SAFE_INTEGER,
+    CanonicalJsonError,
+    canonical_json,
+    has_astral,
+    orjson_sorted,
+    parse_json,
+)
 
 HEADER_LEN = 4
 # The largest legitimate message is a PRE-PREPARE carrying a full batch (batch_bytes_max, which
@@ -68,32 +75,12 @@ def encode_frame(message: dict[str, Any], frame_max: int = FRAME_MAX_DEFAULT) ->
     ``frame_max`` and ``CanonicalJsonError`` if ``message`` has no canonical form (our bug)."""
     if not isinstance(message, dict):
         raise TypeError(f"a peer message is a dict, got {type(message).__name__}")
-    payload = _sorted_compact(message)
-    if not _is_plainly_canonical(payload):
+    payload = orjson_sorted(message)
+    if payload is None or not _is_plainly_canonical(payload):
         payload = canonical_json(message)  # the exact encoder decides (and refuses)
     if len(payload) > frame_max:
         raise FrameTooLarge(len(payload), frame_max)
     return _HEADER.pack(len(payload)) + payload
-
-
-# Sorted keys; anything but JSON's own types (dataclasses, datetimes, subclasses of str or
-# int...) is refused rather than written in orjson's own way.
-_ORJSON_SORTED = (
-    orjson.OPT_SORT_KEYS
-    | orjson.OPT_PASSTHROUGH_DATACLASS
-    | orjson.OPT_PASSTHROUGH_DATETIME
-    | orjson.OPT_PASSTHROUGH_SUBCLASS
-)
-
-
-def _sorted_compact(value: Any) -> bytes:
-    """Compact JSON with sorted keys, written by orjson (in Rust, about ten times faster than
-    the standard library's C encoder); what :func:`_fast_decode` compares a payload with.
-    Empty if ``value`` is not plain JSON at all (the exact encoder then says why)."""
-    try:
-        return orjson.dumps(value, option=_ORJSON_SORTED)
-    except (TypeError, orjson.JSONEncodeError):
-        return b""
 
 
 def _is_plainly_canonical(payload: bytes) -> bool:
@@ -102,7 +89,7 @@ def _is_plainly_canonical(payload: bytes) -> bool:
     (characters beyond the Basic Multilingual Plane) and no nesting deeper than JCS allows.
     orjson writes NaN and infinities as ``null``, so a ``null`` outside strings cannot be told
     from one of them: such a message goes to the exact encoder (which refuses the floats)."""
-    if not payload or any(lead in payload for lead in _ASTRAL_LEADS):
+    if has_astral(payload):
         return False
     structure = _outside_strings(payload)
     if _FLOAT_NUMBER.search(structure) or b"null" in structure:
@@ -135,7 +122,6 @@ def _outside_strings(payload: bytes) -> bytes:
 
 
 _UNDECIDED = object()
-_ASTRAL_LEADS = (b"\xf0", b"\xf1", b"\xf2", b"\xf3", b"\xf4")  # 4-byte UTF-8 sequences start so
 
 
 def _fast_decode(payload: bytes) -> Any:
@@ -147,8 +133,8 @@ def _fast_decode(payload: bytes) -> Any:
         # Not JSON, invalid UTF-8 or a lone surrogate, an integer beyond 64 bits, NaN: the
         # exact checker refuses all of these too.
         raise FrameError("undecodable", str(exc)[:200]) from exc
-    again = _sorted_compact(value)
-    if any(lead in payload for lead in _ASTRAL_LEADS):
+    again = orjson_sorted(value)  # what orjson parsed, it writes
+    if has_astral(payload):
         # Characters beyond the Basic Multilingual Plane (4-byte UTF-8): Python sorts keys by
         # code point, JCS by UTF-16 unit, so only the exact checker can tell.
         return _UNDECIDED
