@@ -333,12 +333,12 @@ class NodeRuntime:
             return
         self._inbox.put_nowait(event)
 
-    def _on_peer_frame(self, sender: str, wire: dict[str, Any]) -> None:
+    def _on_peer_frame(self, sender: str, wire: dict[str, Any], frame_bytes: int) -> None:
         if self.tracker.on_frame(sender, wire):
             return  # a node-status summary, for the dashboard only
         kind = wire.get("type")
         if kind == RELAY:
-            self._spawn(self._on_relay(sender, wire))
+            self._spawn(self._on_relay(sender, wire, frame_bytes))
         elif kind == EXECUTION_VOTE:
             self.evidence.observe_execution_vote(wire)
             self.execution.on_message(sender, wire)
@@ -347,20 +347,21 @@ class NodeRuntime:
         else:
             self._put(_PeerMessage(sender, wire))
 
-    async def _on_relay(self, sender: str, wire: dict[str, Any]) -> None:
+    async def _on_relay(self, sender: str, wire: dict[str, Any], frame_bytes: int) -> None:
         txs = wire.get("txs")
         if not isinstance(txs, list) or len(txs) > RELAY_CHUNK_MAX:
             self.metrics.dropped_peer_messages.labels(reason="bad_relay").inc()
             self.peers.penalize(sender, "bad_relay")
             return
-        if not self.guard.relay_admit(sender, len(txs)):
+        if not self.guard.relay_admit(sender, len(txs), frame_bytes):
             return
         errors: list[str | None] = []
         try:
-            # Relayed transactions are verified like any client's; they are not relayed again.
-            errors = [result.error for result in await self.pool.submit(txs, relay=False)]
+            async with self.guard.relay_slot(sender):
+                # Relayed transactions are verified like any client's; not relayed again.
+                errors = [result.error for result in await self.pool.submit(txs, relay=False)]
         finally:
-            self.guard.relay_done(sender, errors)
+            self.guard.relay_done(sender, frame_bytes, errors)
 
     def _on_txs_accepted(self, txs: list[Tx], relay: bool) -> None:
         """The pool accepted new, verified transactions: order them, and tell the others."""

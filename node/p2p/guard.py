@@ -9,12 +9,16 @@
   (``PeerNetwork.penalize``). Honest validators never send those, whereas stale or duplicate
   messages (which honest ones do send) are not charged.
 - Relayed transactions: at most ``RELAYS_IN_FLIGHT_MAX`` relay messages of one peer are verified
-  at once, and at most ``relay_txs_per_s`` of its transactions per second; the rest is dropped
-  and counted (a relay is an optimisation: clients also reach the primary through any node).
+  at once, the next ones wait their turn up to ``RELAY_BYTES_WAITING_MAX`` frame bytes per peer,
+  and at most ``relay_txs_per_s`` of its transactions per second are taken; the rest is dropped
+  and counted. Relays wait rather than being dropped at once because under a flood a busy node
+  shed most of them, and a request that only the node taking it from the client knows makes
+  the others' request timers useless (the replica relays stale requests again, but late).
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -24,6 +28,7 @@ from node.p2p.budget import TokenBucket
 
 PRE_PREPARE = "pre_prepare"
 RELAYS_IN_FLIGHT_MAX = 2
+RELAY_BYTES_WAITING_MAX = 8 * 1024 * 1024  # one peer's relay frames taken, not yet verified
 RELAY_TXS_PER_S = 5_000.0
 RELAY_TXS_BURST = 10_000.0
 # Replica drop reasons an honest validator never causes (consensus/replica.py ``_drop``).
@@ -68,7 +73,8 @@ class PeerGuard:
         self._relay_rate = relay_txs_per_s
         self._relay_burst = relay_txs_burst
         self._relay_buckets: dict[str, TokenBucket] = {}
-        self._relays_in_flight: Counter[str] = Counter()
+        self._relay_slots: dict[str, asyncio.Semaphore] = {}
+        self._relay_bytes: Counter[str] = Counter()  # frame bytes taken, not yet done
         self._invalid_seen = 0  # invalid drops the replica had counted at the last look
 
     @staticmethod
@@ -95,9 +101,10 @@ class PeerGuard:
         if added > 0:
             self._penalize(sender, "replica_invalid", float(added))
 
-    def relay_admit(self, sender: str, count: int) -> bool:
-        """May ``sender``'s relay of ``count`` transactions be verified now? Counts refusals."""
-        if self._relays_in_flight[sender] >= RELAYS_IN_FLIGHT_MAX:
+    def relay_admit(self, sender: str, count: int, frame_bytes: int) -> bool:
+        """May ``sender``'s relay of ``count`` transactions (a frame of ``frame_bytes``) be
+        taken, to be verified in its turn (:meth:`relay_slot`)? Counts refusals."""
+        if self._relay_bytes[sender] + frame_bytes > RELAY_BYTES_WAITING_MAX:
             self._on_drop("relay_busy")
             return False
         bucket = self._relay_buckets.get(sender)
@@ -106,11 +113,18 @@ class PeerGuard:
         if not bucket.spend(count):
             self._on_drop("relay_rate")
             return False
-        self._relays_in_flight[sender] += 1
+        self._relay_bytes[sender] += frame_bytes
         return True
 
-    def relay_done(self, sender: str, errors: Sequence[str | None]) -> None:
-        self._relays_in_flight[sender] -= 1
+    def relay_slot(self, sender: str) -> asyncio.Semaphore:
+        """Hold it while verifying an admitted relay of ``sender``: RELAYS_IN_FLIGHT_MAX at once."""
+        slot = self._relay_slots.get(sender)
+        if slot is None:
+            slot = self._relay_slots[sender] = asyncio.Semaphore(RELAYS_IN_FLIGHT_MAX)
+        return slot
+
+    def relay_done(self, sender: str, frame_bytes: int, errors: Sequence[str | None]) -> None:
+        self._relay_bytes[sender] -= frame_bytes
         invalid = sum(1 for error in errors if error in INVALID_TX_ERRORS)
         if invalid:
             self._penalize(sender, "relay_invalid", float(invalid))

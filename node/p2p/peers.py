@@ -88,7 +88,7 @@ INLINE_DECODE_BYTES_MAX = 16 * 1024
 RETIRE_S = 2.0  # a link that lost a tie-break is closed for good after this
 
 Address = tuple[str, int]
-OnMessage = Callable[[str, dict[str, Any]], None]
+OnMessage = Callable[[str, dict[str, Any], int], None]  # (sender, message, frame bytes)
 
 _log = logging.getLogger("phalanx.peers")
 
@@ -553,7 +553,7 @@ class PeerNetwork:
                     return
                 self.metrics.frames_in += 1
                 try:
-                    self._on_message(peer.pubkey, result)
+                    self._on_message(peer.pubkey, result, len(payload))
                 except Exception:
                     self.metrics.handler_errors += 1
                     self._log.exception("peer_handler_error", extra={"peer": peer.pubkey})

@@ -53,7 +53,7 @@ async def _equivocate(cluster: Cluster, byzantine: str, victim: str) -> None:
         },
         cluster.genesis.chain_id,
         cluster.genesis.genesis_hash,
-        lambda sender, wire: None,
+        lambda sender, wire, _bytes: None,
     )
     await peers.start()
     try:

@@ -72,7 +72,7 @@ class Cluster:
             self.validators,
             options.pop("chain_id", CHAIN),
             options.pop("genesis_hash", GENESIS),
-            lambda sender, msg: inbox.append((sender, msg)),
+            lambda sender, msg, _bytes: inbox.append((sender, msg)),
             **options,
         )
 
