@@ -158,46 +158,31 @@ class MemoryNodeStore:
         self.records.pop(pos, None)
 
 
-class _Node:
-    """A decoded record: ``kind`` is "E" (empty), "L" (a, b = path, data_hash) or "I" (a, b =
-    left hash, right hash). Never changed once built (a plain slotted class: thousands are made
-    per block, and a frozen dataclass costs several times more to build)."""
+_LEAF_KIND = _LEAF[0]
+_INNER_KIND = _INNER[0]
+# A record's hash input is its kind byte swapped for the spec's domain byte: a leaf record is
+# "L" || path || data_hash and its hash is H(0x00 || path || data_hash); an inner record is
+# "I" || left || right and its hash is H(0x01 || left || right).
+_DOMAIN = {_LEAF_KIND: b"\x00", _INNER_KIND: b"\x01"}
 
-    __slots__ = ("a", "b", "kind")
+# The tree works on records as stored (bytes; None for an empty subtree): thousands are read,
+# hashed and written per block, and decoding each into an object cost a third of an update.
 
-    def __init__(self, kind: str, a: bytes = b"", b: bytes = b"") -> None:
-        self.kind = kind
-        self.a = a
-        self.b = b
 
-    def hash(self) -> bytes:
-        if self.kind == "L":
-            return leaf_hash(self.a, self.b)
-        if self.kind == "I":
-            return inner_hash(self.a, self.b)
+def _record_hash(record: bytes | None) -> bytes:
+    if record is None:
         return EMPTY
-
-    def record(self) -> bytes:
-        if self.kind == "E":
-            raise ValueError("an empty subtree has no record")
-        return (_LEAF if self.kind == "L" else _INNER) + self.a + self.b
-
-
-_EMPTY_NODE = _Node("E")
+    return _sha256(_DOMAIN[record[0]] + record[1:])
 
 
 class StateTreeDamaged(ValueError):
     """A stored node record is malformed: the node storage is damaged."""
 
 
-def _decode(record: bytes | None, pos: bytes) -> _Node:
-    if record is None:
-        return _EMPTY_NODE
-    record = bytes(record)
-    if len(record) != _RECORD_LEN or record[:1] not in (_LEAF, _INNER):
+def _checked(record: bytes | None, pos: bytes) -> bytes | None:
+    if record is not None and (len(record) != _RECORD_LEN or record[0] not in _DOMAIN):
         raise StateTreeDamaged(f"state tree record at position {pos.hex()} is malformed")
-    kind = "L" if record[:1] == _LEAF else "I"
-    return _Node(kind, record[1 : 1 + HASH_LEN], record[1 + HASH_LEN :])
+    return record
 
 
 # -- proofs -------------------------------------------------------------------------------------
@@ -302,7 +287,7 @@ class StateTree:
         self._store = store
 
     def root(self) -> bytes:
-        return self._read(_ROOT_POS).hash()
+        return _record_hash(self._read(_ROOT_POS))
 
     def update(self, changes: Mapping[bytes, bytes | None]) -> bytes:
         """Set each ``path -> data_hash`` (None removes the entry); return the new root."""
@@ -314,52 +299,55 @@ class StateTree:
         ordered = sorted(changes.items())
         writes: dict[bytes, bytes | None] = {}
         new_root = self._update(0, ordered[0][0], self._read(_ROOT_POS), ordered, writes)
-        writes[_ROOT_POS] = None if new_root.kind == "E" else new_root.record()
+        writes[_ROOT_POS] = new_root
         for pos, record in writes.items():
             if record is None:
                 self._store.delete_node(pos)
             else:
                 self._store.put_node(pos, record)
-        return new_root.hash()
+        return _record_hash(new_root)
 
     def lookup(self, path: bytes) -> Lookup:
         """The entry on ``path`` (its data hash, or None) with its proof."""
         siblings: list[bytes] = []
-        node = self._read(_ROOT_POS)
+        record = self._read(_ROOT_POS)
         depth = 0
-        while node.kind == "I":
+        while record is not None and record[0] == _INNER_KIND:
             side = bit(path, depth)
-            siblings.append(node.a if side else node.b)
-            child = node.b if side else node.a
+            left, right = record[1 : 1 + HASH_LEN], record[1 + HASH_LEN :]
+            siblings.append(left if side else right)
+            child = right if side else left
             depth += 1
             if child == EMPTY:
                 return Lookup(None, StateProof(tuple(siblings), None))
-            node = self._read(position(path, depth))
-            if node.kind == "E":
+            record = self._read(position(path, depth))
+            if record is None:
                 raise StateTreeDamaged(f"state tree record at depth {depth} is missing")
-        if node.kind == "E":
+        if record is None:
             return Lookup(None, StateProof(tuple(siblings), None))
-        if node.a == path:
-            return Lookup(node.b, StateProof(tuple(siblings), None))
-        return Lookup(None, StateProof(tuple(siblings), (node.a, node.b)))
+        leaf_path, leaf_data_hash = record[1 : 1 + HASH_LEN], record[1 + HASH_LEN :]
+        if leaf_path == path:
+            return Lookup(leaf_data_hash, StateProof(tuple(siblings), None))
+        return Lookup(None, StateProof(tuple(siblings), (leaf_path, leaf_data_hash)))
 
-    def _read(self, pos: bytes) -> _Node:
-        return _decode(self._store.get_node(pos), pos)
+    def _read(self, pos: bytes) -> bytes | None:
+        return _checked(self._store.get_node(pos), pos)
 
     def _update(
         self,
         depth: int,
         rep: bytes,
-        node: _Node,
+        record: bytes | None,
         changes: Sequence[tuple[bytes, bytes | None]],
         writes: dict[bytes, bytes | None],
-    ) -> _Node:
-        """The new node at ``(depth, rep's prefix)`` after ``changes`` (all under it). Writes the
-        records strictly below this position; the caller writes this position's own."""
-        if node.kind == "E":
+    ) -> bytes | None:
+        """The new record at ``(depth, rep's prefix)`` after ``changes`` (all under it; None:
+        the subtree is empty). Writes the records strictly below this position; the caller
+        writes this position's own."""
+        if record is None:
             return self._build(depth, [(p, h) for p, h in changes if h is not None], writes)
-        if node.kind == "L":
-            merged = {node.a: node.b}
+        if record[0] == _LEAF_KIND:
+            merged = {record[1 : 1 + HASH_LEN]: record[1 + HASH_LEN :]}
             for path, value in changes:
                 if value is None:
                     merged.pop(path, None)
@@ -368,9 +356,9 @@ class StateTree:
             return self._build(depth, sorted(merged.items()), writes)
         cut = _split_point(changes, depth)
         sides = (changes[:cut], changes[cut:])
-        old = (node.a, node.b)
-        new: list[_Node | None] = [None, None]
-        hashes = [node.a, node.b]
+        hashes = [record[1 : 1 + HASH_LEN], record[1 + HASH_LEN :]]
+        new: list[bytes | None] = [None, None]
+        touched = [False, False]
         # A child's position is taken from a path under it; only computed when needed.
         positions: list[bytes | None] = [None, None]
         for s in (0, 1):
@@ -378,49 +366,85 @@ class StateTree:
             if side:
                 child_pos = position(side[0][0], depth + 1)
                 positions[s] = child_pos
-                child = self._read(child_pos) if old[s] != EMPTY else _EMPTY_NODE
-                updated = self._update(depth + 1, side[0][0], child, side, writes)
+                child = self._read(child_pos) if hashes[s] != EMPTY else None
+                path, value = side[0]
+                if len(side) == 1 and value is not None:
+                    updated: bytes | None = self._set_one(depth + 1, child, path, value, writes)
+                else:
+                    updated = self._update(depth + 1, path, child, side, writes)
                 new[s] = updated
-                hashes[s] = updated.hash()
+                touched[s] = True
+                hashes[s] = _record_hash(updated)
         for s in (0, 1):
             if hashes[s] == EMPTY:
-                touched = new[1 - s]
-                if touched is not None:
-                    other = touched
+                if touched[1 - s]:
+                    other = new[1 - s]
                 elif hashes[1 - s] != EMPTY:
                     other = self._read(_child_position(rep, depth, 1 - s))
                 else:
-                    other = _EMPTY_NODE
-                if other.kind != "I":
+                    other = None
+                if other is None or other[0] != _INNER_KIND:
                     # Zero or one entry left under this position: it collapses to that.
                     for side_bit in (0, 1):
                         writes[_child_position(rep, depth, side_bit)] = None
                     return other
         for s in (0, 1):
-            written, pos = new[s], positions[s]
-            if written is not None and pos is not None:
-                writes[pos] = None if written.kind == "E" else written.record()
-        return _Node("I", hashes[0], hashes[1])
+            pos = positions[s]
+            if touched[s] and pos is not None:
+                writes[pos] = new[s]
+        return _INNER + hashes[0] + hashes[1]
+
+    def _set_one(
+        self,
+        depth: int,
+        record: bytes | None,
+        path: bytes,
+        value: bytes,
+        writes: dict[bytes, bytes | None],
+    ) -> bytes:
+        """:meth:`_update` for one change that sets an entry, the case of nearly every subtree
+        below the top levels, walked down and back up without recursion: setting never empties
+        a subtree, so nothing collapses on the way up."""
+        stack: list[tuple[bytes, bytes, bytes, int]] = []  # (child position, left, right, side)
+        while record is not None and record[0] == _INNER_KIND:
+            side = bit(path, depth)
+            left, right = record[1 : 1 + HASH_LEN], record[1 + HASH_LEN :]
+            depth += 1
+            pos = position(path, depth)
+            stack.append((pos, left, right, side))
+            record = self._read(pos) if (right if side else left) != EMPTY else None
+        new: bytes | None
+        if record is None or record[1 : 1 + HASH_LEN] == path:
+            new = _LEAF + path + value
+        else:
+            entries = sorted([(record[1 : 1 + HASH_LEN], record[1 + HASH_LEN :]), (path, value)])
+            new = self._build(depth, entries, writes)
+        for pos, left, right, side in reversed(stack):
+            writes[pos] = new
+            child_hash = _record_hash(new)
+            new = _INNER + (left + child_hash if side else child_hash + right)
+        assert new is not None, "a set leaves an entry under every position on its path"
+        return new
 
     def _build(
         self, depth: int, entries: Sequence[tuple[bytes, bytes]], writes: dict[bytes, bytes | None]
-    ) -> _Node:
+    ) -> bytes | None:
         """The subtree of ``entries`` (sorted, sharing ``depth`` prefix bits), built afresh."""
         if not entries:
-            return _EMPTY_NODE
+            return None
         if len(entries) == 1:
-            return _Node("L", entries[0][0], entries[0][1])
+            return _LEAF + entries[0][0] + entries[0][1]
         if depth >= PATH_BITS:
             raise ValueError("two state entries share one path")
-        split = next((i for i, e in enumerate(entries) if bit(e[0], depth)), len(entries))
+        split = _split_point(entries, depth)
         children = (entries[:split], entries[split:])
         hashes = []
         for part in children:
             child = self._build(depth + 1, part, writes)
             if part:
-                writes[position(part[0][0], depth + 1)] = child.record()
-            hashes.append(child.hash())
-        return _Node("I", hashes[0], hashes[1])
+                writes[position(part[0][0], depth + 1)] = child
+            hashes.append(_record_hash(child))
+        return _INNER + hashes[0] + hashes[1]
 
 
 def root_of(entries: Mapping[bytes, bytes]) -> bytes:
