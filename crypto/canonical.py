@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import json
 import json.encoder
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -272,7 +273,7 @@ _ORJSON_SORTED = (
     | orjson.OPT_PASSTHROUGH_DATETIME
     | orjson.OPT_PASSTHROUGH_SUBCLASS
 )
-_ASTRAL_LEADS = (b"\xf0", b"\xf1", b"\xf2", b"\xf3", b"\xf4")  # 4-byte UTF-8 sequences start so
+_ASTRAL_LEAD = re.compile(b"[\xf0-\xf4]")  # 4-byte UTF-8 sequences start so
 
 
 def orjson_sorted(value: Any) -> bytes | None:
@@ -291,7 +292,7 @@ def orjson_sorted(value: Any) -> bytes | None:
 def has_astral(data: bytes) -> bool:
     """Whether UTF-8 ``data`` holds a character beyond the Basic Multilingual Plane: there code
     point order (Python's, orjson's) and UTF-16 order (JCS's) may sort keys differently."""
-    return any(lead in data for lead in _ASTRAL_LEADS)
+    return not data.isascii() and _ASTRAL_LEAD.search(data) is not None
 
 
 def check_json_value(value: Any) -> None:

@@ -403,3 +403,12 @@ def test_parse_json_messages(data: bytes | str, message: str) -> None:
     with pytest.raises(CanonicalJsonError) as info:
         parse_json(data)
     assert str(info.value) == message
+
+
+def test_has_astral_finds_four_byte_characters_only() -> None:
+    from crypto.canonical import has_astral
+
+    assert not has_astral(b'{"a":"plain"}')
+    assert not has_astral('{"a":"é€\uffff"}'.encode())
+    for char in ("\U00010000", "\U0001f600", "\U0010ffff"):
+        assert has_astral(f'{{"a":"x{char}y"}}'.encode())

@@ -406,3 +406,19 @@ def test_committed_from_block_refuses_malformed_peer_blocks(
     damage(block)
     with pytest.raises(ValueError):
         committed_from_block(block)
+
+
+def test_bulk_entries_are_written_as_given_or_refused() -> None:
+    """``_dump`` (orjson, with the standard encoder behind it): what it writes reads back equal,
+    and a NaN or infinity is refused, never written as null."""
+    from ledger.store import _dump, _load
+
+    for value in (
+        {"key": "k", "value": None, "n": [1, -(2**63), 2**64, "é", "\U0001f600"]},
+        {"nested": {"b": True, "a": [None, {}, []]}},
+        "plain",
+    ):
+        assert _load(_dump(value)) == value
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        with pytest.raises(ValueError):
+            _dump({"value": [1, bad]})
