@@ -405,24 +405,29 @@ class StateTree:
         """:meth:`_update` for one change that sets an entry, the case of nearly every subtree
         below the top levels, walked down and back up without recursion: setting never empties
         a subtree, so nothing collapses on the way up."""
-        stack: list[tuple[bytes, bytes, bytes, int]] = []  # (child position, left, right, side)
+        stack: list[tuple[bytes, bytes, int]] = []  # (child position, inner record, side)
+        get = self._store.get_node
         while record is not None and record[0] == _INNER_KIND:
-            side = bit(path, depth)
-            left, right = record[1 : 1 + HASH_LEN], record[1 + HASH_LEN :]
+            side = (path[depth >> 3] >> (7 - (depth & 7))) & 1
+            child_hash = record[1 + HASH_LEN :] if side else record[1 : 1 + HASH_LEN]
             depth += 1
             pos = position(path, depth)
-            stack.append((pos, left, right, side))
-            record = self._read(pos) if (right if side else left) != EMPTY else None
+            stack.append((pos, record, side))
+            record = _checked(get(pos), pos) if child_hash != EMPTY else None
         new: bytes | None
         if record is None or record[1 : 1 + HASH_LEN] == path:
             new = _LEAF + path + value
         else:
             entries = sorted([(record[1 : 1 + HASH_LEN], record[1 + HASH_LEN :]), (path, value)])
             new = self._build(depth, entries, writes)
-        for pos, left, right, side in reversed(stack):
+        for pos, inner, side in reversed(stack):
             writes[pos] = new
             child_hash = _record_hash(new)
-            new = _INNER + (left + child_hash if side else child_hash + right)
+            new = (
+                inner[: 1 + HASH_LEN] + child_hash
+                if side
+                else _INNER + child_hash + inner[1 + HASH_LEN :]
+            )
         assert new is not None, "a set leaves an entry under every position on its path"
         return new
 
