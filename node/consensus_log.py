@@ -8,7 +8,8 @@ snapshot before each replica step and hands it with the step's output to
 =========================  ===================================================================
 event                      when
 =========================  ===================================================================
-``view_change_started``    the replica left its view (``reason``: ``request_timeout`` a
+``view_change_started``    the replica left its view (``reason``: ``primary_lost`` requests
+                           waited and the link to the primary was down, ``request_timeout`` a
                            request waited a whole timeout with no progress under the primary,
                            ``new_view_timeout`` the next primary sent no valid NEW-VIEW in
                            time, ``joined_higher_view`` f + 1 validators had already moved on)
@@ -35,7 +36,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -100,10 +101,13 @@ REQUESTS = "requests"
 BLOCKS = "blocks"
 
 
-def view_change_reason(before: ReplicaState, event_kind: str) -> str:
-    """Why a step that moved the replica into a view change did so (see the module table)."""
+def view_change_reason(before: ReplicaState, event_kind: str, primary_lost: bool = False) -> str:
+    """Why a step that moved the replica into a view change did so (see the module table);
+    ``primary_lost``: the tick reported the primary's link down."""
     if event_kind == TICK:
-        return "request_timeout" if before.active else "new_view_timeout"
+        if not before.active:
+            return "new_view_timeout"
+        return "primary_lost" if primary_lost else "request_timeout"
     return "joined_higher_view"
 
 
@@ -134,11 +138,19 @@ class ConsensusLog:
     # ---- after each replica step ------------------------------------------------------------
 
     def after_step(
-        self, before: ReplicaState, replica: ReplicaLike, event_kind: str, output: Output
+        self,
+        before: ReplicaState,
+        replica: ReplicaLike,
+        event_kind: str,
+        output: Output,
+        lost_peers: Collection[str] = (),
     ) -> None:
+        """``lost_peers``: for a tick, the validators whose links it reported down."""
         after = ReplicaState.of(replica)
-        if not after.active and (before.active or after.view > before.view):
-            reason = view_change_reason(before, event_kind)
+        # Left a view: into a view change, or on to a later one, or straight into a later view
+        # installed in the same step (the new primary that already held q VIEW-CHANGEs).
+        if after.view > before.view or (before.active and not after.active):
+            reason = view_change_reason(before, event_kind, before.primary in lost_peers)
             self._on_view_change(reason)
             self._log.warning(
                 "view_change_started",

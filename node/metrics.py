@@ -61,7 +61,12 @@ LATENCY_BUCKETS_S = (
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 )  # fmt: skip
 BATCH_SIZE_BUCKETS = (0, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
-VIEW_CHANGE_REASONS = ("request_timeout", "new_view_timeout", "joined_higher_view")
+VIEW_CHANGE_REASONS = (
+    "primary_lost",
+    "request_timeout",
+    "new_view_timeout",
+    "joined_higher_view",
+)
 KNOWN_DROP_REASONS = ("inbox_full", "bad_relay")
 SERIES_SECONDS = 300  # the dashboard's charts: the last five minutes, one point per second
 TX_RATE_WINDOW_S = 10.0

@@ -249,6 +249,7 @@ class NodeRuntime:
         )
         self._inbox: asyncio.Queue[_Event] = asyncio.Queue()  # bounded in _put
         self._tick_pending = False
+        self._tick_lost: frozenset[str] = frozenset()  # links the last tick reported down
         self._stopping = asyncio.Event()
         self._http: HttpServer | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -387,7 +388,8 @@ class NodeRuntime:
                 before = ReplicaState.of(self.replica)
                 output = await self._step(event)
                 self._carry_out(output)
-                self.consensus_log.after_step(before, self.replica, _kind(event), output)
+                lost = self._tick_lost if isinstance(event, _Tick) else frozenset()
+                self.consensus_log.after_step(before, self.replica, _kind(event), output, lost)
             except Exception as exc:
                 # A broken invariant in the replica or the ledger: stop rather than serve or
                 # sign anything more from a state nobody can vouch for.
@@ -399,7 +401,8 @@ class NodeRuntime:
     async def _step(self, event: _Event) -> Output:
         if isinstance(event, _Tick):
             self._tick_pending = False
-            return self.replica.on_tick(event.now_ms, self.peers.lost_peers(LINK_LOST_S))
+            self._tick_lost = self.peers.lost_peers(LINK_LOST_S)
+            return self.replica.on_tick(event.now_ms, self._tick_lost)
         if isinstance(event, _PeerMessage):
             # Verify the transactions of the current primary's proposal in the thread pool
             # first, so the replica's synchronous check is a cache hit and the loop is not

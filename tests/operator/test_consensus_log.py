@@ -76,6 +76,7 @@ def test_view_change_reasons_and_new_view(events: Events) -> None:
     _step(log, replica, MESSAGE, {"view": 2, "in_view_change": False})  # NEW-VIEW installed
     _step(log, replica, MESSAGE, {"view": 3, "in_view_change": True})  # f + 1 moved on
     assert reasons == ["request_timeout", "new_view_timeout", "joined_higher_view"]
+
     started = [r for r in events if r.getMessage() == "view_change_started"]
     assert [(r.from_view, r.to_view) for r in started] == [(0, 1), (1, 2), (2, 3)]  # type: ignore[attr-defined]
     assert started[0].old_primary == "alpha" and started[0].next_primary == "bravo"  # type: ignore[attr-defined]
@@ -153,3 +154,31 @@ def test_malformed_status_is_refused(change: dict[str, Any]) -> None:
               "catching_up": False}  # fmt: skip
     assert parse_status(status) is not None
     assert parse_status({**status, **change}) is None
+
+
+def test_a_view_change_while_the_primary_link_is_down_says_primary_lost(events: Events) -> None:
+    reasons: list[str] = []
+    log = ConsensusLog(NAMES, on_view_change=reasons.append)
+    replica = FakeReplica()
+    before = ReplicaState.of(replica)
+    replica.view, replica.in_view_change = 1, True
+    log.after_step(before, replica, TICK, Output(), lost_peers={before.primary})
+    # A lost backup is no reason of its own: the request timer fired.
+    before = ReplicaState.of(replica)
+    replica.in_view_change = False  # view 1 installed
+    log.after_step(before, replica, MESSAGE, Output())
+    before = ReplicaState.of(replica)
+    replica.view, replica.in_view_change = 2, True
+    log.after_step(before, replica, TICK, Output(), lost_peers={"someone-else"})
+    assert reasons == ["primary_lost", "request_timeout"]
+
+
+def test_a_view_entered_and_installed_in_one_step_logs_both(events: Events) -> None:
+    """The next primary that already holds q VIEW-CHANGEs when its own timer fires leaves its
+    view and installs the next one in a single step: both are told."""
+    reasons: list[str] = []
+    log = ConsensusLog(NAMES, on_view_change=reasons.append)
+    replica = FakeReplica()
+    _step(log, replica, TICK, {"view": 1})
+    assert reasons == ["request_timeout"]
+    assert [r.getMessage() for r in events] == ["view_change_started", "new_view_installed"]
