@@ -457,6 +457,7 @@ class BlockFetcher:
                 self._drop_early(early)
             if self._fetched is not None:
                 self._fetched.clear()
+            self._workers.release()
         for peer in [p for p, seq in self._claims.items() if seq <= self._head()[0]]:
             del self._claims[peer]
         _log.info(

@@ -5,11 +5,12 @@ Threads do not spread that work over the cores: libsodium releases the GIL, but 
 transaction (its canonical body, the tx_id hashed from it, the shape checks) is Python and holds
 it, and the same interpreter has to execute the blocks as well. :class:`VerifyWorkers` sends
 big chunks of transactions to a pool of worker processes, one per core, created the first time
-it is needed and shut down with the node; each worker decodes its share (spec §3 shape, tx_id =
-h(JCS(body)), this chain's id) and checks the Ed25519 signature, and answers with the tx_ids
-and sizes only. What crosses the process boundary is the transactions' plain JSON values
-(``{"body", "sig"}`` as received) going out and short strings coming back: pickling those costs
-a few microseconds a transaction, decoding them in the node about ten times as much.
+it is needed and let go when the fetch is over (and with the node); each worker decodes its
+share (spec §3 shape, tx_id = h(JCS(body)), this chain's id) and checks the Ed25519 signature,
+and answers with the tx_ids and sizes only. What crosses the process boundary is the
+transactions' plain JSON values (``{"body", "sig"}`` as received) going out and short strings
+coming back: pickling those costs a few microseconds a transaction, decoding them in the node
+about ten times as much.
 
 :class:`FetchedTxs` remembers, for the chunks handed to the replica and not yet applied, which
 transactions the workers verified, so that the replica's own check of the fetched blocks (its
@@ -128,6 +129,16 @@ class VerifyWorkers:
                 txs.append(Tx(tx_id, wires[start + offset], tx_size))
             self.parts_checked += 1
         return txs
+
+    @property
+    def running(self) -> bool:
+        """Whether worker processes exist now."""
+        return self._executor is not None
+
+    def release(self) -> None:
+        """The catch-up is over: let the processes go (a node in step needs none, and each
+        holds tens of MiB); the next big chunk starts them again."""
+        self._drop_pool()
 
     def close(self) -> None:
         self._closed = True

@@ -179,6 +179,7 @@ def test_workers_verify_every_chunk_and_the_replica_check_hits_their_verdicts(
     assert run.unchecked == []  # every check answered from the workers' verdicts
     assert workers.parts_checked - before >= BLOCKS // CHUNK_BLOCKS
     assert len(fetched) == 0  # forgotten once the fetch is over
+    assert not workers.running  # and the processes let go
 
 
 @pytest.mark.parametrize("tamper", [_forged_then_certified, _other_chain_then_certified])
