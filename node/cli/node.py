@@ -12,7 +12,6 @@ process.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 from pathlib import Path
@@ -151,7 +150,9 @@ def _run(args: argparse.Namespace) -> int:
         print(f"phalanx node run: cannot start {config.name}: {exc}", file=sys.stderr)
         return EXIT_STARTUP_FAILED
     try:
-        asyncio.run(runtime.run_until_signalled())
+        import uvloop  # here, like the imports above
+
+        uvloop.run(runtime.run_until_signalled())
     except OSError as exc:
         # Almost always a listening address that is taken or not ours: one line, not a trace.
         print(

@@ -669,9 +669,9 @@ def install(behaviour: Behaviour, seed: int, record: Path | None, witness: bool)
         original_init(self, my_signer, validators, *args, **kwargs)
         on_message = self._on_message
 
-        def watched(sender: str, wire: dict[str, Any]) -> None:
+        def watched(sender: str, wire: dict[str, Any], frame_bytes: int) -> None:
             self._chaos_out.observe(wire)
-            on_message(sender, wire)
+            on_message(sender, wire, frame_bytes)
 
         self._on_message = watched
         self._chaos_out = Out(
