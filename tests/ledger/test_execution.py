@@ -23,7 +23,7 @@ from ledger.execution import (
 from ledger.genesis import Genesis
 from ledger.proven_read import verify_read
 from ledger.store import LedgerStore
-from node.execution_votes import EXECUTION_VOTE, ExecutionVotes
+from node.execution_votes import EXECUTION_VOTE, KEPT_BEHIND, ExecutionVotes
 from tests.ledger import spec_verifier
 from tests.ledger.helpers import (
     ALICE,
@@ -457,6 +457,23 @@ def test_a_recorded_divergence_survives_a_restart(
     store.append_block(committed(genesis, 2))
     _executed(store, again, 2)
     assert len(net.broadcasts) == sent
+
+
+def test_the_collector_keeps_votes_for_the_last_blocks_only(
+    store: LedgerStore, genesis: Genesis
+) -> None:
+    """However many blocks execute, what the collector holds stays within KEPT_BEHIND of the
+    head (it forgets from the front as blocks execute)."""
+    votes, _ = _collector(store, genesis)
+    blocks = KEPT_BEHIND + 40
+    for seq in range(1, blocks + 1):
+        store.append_block(committed(genesis, seq))
+        roots = _executed(store, votes, seq)
+        for i in (1, 2):
+            votes.on_message(VALIDATORS[i].public_key, _message(genesis, i, seq, roots))
+    for table in (votes._votes, votes._own, votes._certified):
+        assert table and min(table) > blocks - KEPT_BEHIND - 1 and max(table) == blocks
+        assert len(table) <= KEPT_BEHIND + 1
 
 
 # -- the real state machine: the store's incremental roots against a rebuild -------------------
